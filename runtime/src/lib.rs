@@ -1,7 +1,6 @@
 //! ssm-tether: keeps AWS SSM port-forwarding tunnels alive for days.
 //!
 //! The crate is split the way quinn splits `quinn-proto` from `quinn`: [`protocol`] holds the
-//! sans-IO wire formats (no sockets, no clocks, no allocation beyond the frames themselves), and
-//! the I/O layers are built on top of it.
+//! sans-IO wire formats (no sockets, no clocks), and the I/O layers are built on top of it.
 
-pub mod protocol;
+pub use ssm_tether_protocol as protocol;

@@ -7,8 +7,8 @@
 
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ssm_tether::protocol::smux::{self, FrameDecoder};
-use ssm_tether::protocol::{ClientMessage, MessageType, PayloadType};
+use ssm_tether_protocol::smux::{self, FrameDecoder};
+use ssm_tether_protocol::{ClientMessage, MessageType, PayloadType};
 use std::hint::black_box;
 use uuid::Uuid;
 

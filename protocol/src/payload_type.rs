@@ -30,7 +30,7 @@ impl PayloadType {
     pub const ENC_CHALLENGE_REQUEST: Self = Self(8);
     /// 9: KMS encryption challenge answer from the client.
     pub const ENC_CHALLENGE_RESPONSE: Self = Self(9);
-    /// 10: a 4-byte big-endian flag (see [`Flag`](super::payload::Flag)).
+    /// 10: a 4-byte big-endian flag (see [`Flag`](crate::payload::Flag)).
     pub const FLAG: Self = Self(10);
     /// 11: standard error of a non-interactive command.
     pub const STD_ERR: Self = Self(11);

@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{PayloadError, from_json, to_json};
-use crate::protocol::message::{ClientMessage, FLAGS_CONTROL, SCHEMA_VERSION};
-use crate::protocol::{MessageType, PayloadType};
+use crate::message::{ClientMessage, FLAGS_CONTROL, SCHEMA_VERSION};
+use crate::{MessageType, PayloadType};
 
 /// Acknowledges one stream-data message. Receivers match acks by sequence number only.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

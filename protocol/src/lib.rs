@@ -1,5 +1,11 @@
 //! The SSM data-channel wire formats, sans-IO.
 //!
+//! This crate is the protocol core of ssm-tether (re-exported as `ssm_tether::protocol`). It is
+//! a crate of its own, rather than a module of the runtime, because the emulator speaks the same
+//! wire format from the other side and the runtime's CLI embeds the emulator: a shared leaf
+//! crate is the only dependency graph without a cycle. Only the codec is shared; the
+//! emulator's reliability, session and forwarding logic is its own.
+//!
 //! * [`message`]: the binary `ClientMessage` frame every WebSocket binary message carries
 //!   (PROTOCOL.md §2), with [`MessageType`] and [`PayloadType`].
 //! * [`payload`]: the JSON and binary payloads carried inside those frames (§3–§5).

@@ -1,0 +1,8 @@
+//! ssm-emulator: a faithful local AWS SSM Session Manager service (SSM API + MGS data-channel
+//! relay) and agent model, with seeded fault injection, for testing SSM clients on loopback.
+//!
+//! The emulator shares only the frame codec (`ssm-tether-protocol`) with ssm-tether. Its
+//! reliability, handshake and forwarding logic model the real agent independently, so that a
+//! bug in the runtime cannot cancel itself out in the tests.
+
+pub mod events;

@@ -1,0 +1,38 @@
+//! The README's two opening commands stay true.
+
+use std::process::Command;
+
+fn opening_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md readable");
+    let block = readme
+        .split("```sh\n")
+        .nth(1)
+        .expect("README has a sh block");
+    let block = block.split("```").next().expect("block ends");
+    block.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn first_command_runs_the_binary_successfully() {
+    let commands = opening_commands();
+    assert_eq!(
+        commands.len(),
+        2,
+        "two commands: the main job and the tests"
+    );
+    let args = commands[0]
+        .strip_prefix("cargo run -p ssm-tether -- ")
+        .expect("first command runs the ssm-tether binary");
+    let out = Command::new(env!("CARGO_BIN_EXE_ssm-tether"))
+        .args(args.split_whitespace())
+        .output()
+        .expect("binary runs");
+    assert!(out.status.success(), "{out:?}");
+    assert!(!out.stdout.is_empty());
+}
+
+#[test]
+fn second_command_runs_the_whole_test_suite() {
+    assert_eq!(opening_commands()[1], "cargo test --workspace");
+}

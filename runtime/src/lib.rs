@@ -4,3 +4,5 @@
 //! sans-IO wire formats (no sockets, no clocks), and the I/O layers are built on top of it.
 
 pub use ssm_tether_protocol as protocol;
+
+pub mod channel;

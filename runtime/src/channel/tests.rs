@@ -1,0 +1,449 @@
+//! Deterministic tests of the channel with simulated time.
+
+use super::*;
+use crate::protocol::message::FLAGS_CONTROL;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn channel(config: ChannelConfig) -> (Channel, Instant) {
+    let now = Instant::now();
+    let mut channel = Channel::new(config, now, 1_700_000_000_000);
+    channel.on_connected(now);
+    (channel, now)
+}
+
+fn client() -> (Channel, Instant) {
+    channel(ChannelConfig::default())
+}
+
+fn data(seq: i64, payload: &'static [u8]) -> Bytes {
+    ClientMessage {
+        message_type: MessageType::OutputStreamData,
+        schema_version: 1,
+        created_date: 1,
+        sequence_number: seq,
+        flags: 0,
+        message_id: Uuid::from_u128(seq as u128 + 1),
+        payload_type: PayloadType::OUTPUT,
+        payload: Bytes::from_static(payload),
+    }
+    .encode()
+}
+
+fn ack(seq: i64) -> Bytes {
+    AcknowledgeContent {
+        message_type: "input_stream_data".into(),
+        message_id: Uuid::nil().to_string(),
+        sequence_number: seq,
+        is_sequential: true,
+    }
+    .into_message(1, Uuid::nil())
+    .encode()
+}
+
+fn service(message_type: MessageType, payload: &'static [u8]) -> Bytes {
+    ClientMessage {
+        message_type,
+        schema_version: 1,
+        created_date: 1,
+        sequence_number: 0,
+        flags: FLAGS_CONTROL,
+        message_id: Uuid::nil(),
+        payload_type: PayloadType::UNSPECIFIED,
+        payload: Bytes::from_static(payload),
+    }
+    .encode()
+}
+
+/// Every frame the channel wants written, decoded.
+fn drain(channel: &mut Channel) -> Vec<ClientMessage> {
+    std::iter::from_fn(|| channel.poll_transmit())
+        .map(|frame| {
+            ClientMessage::decode(frame)
+                .expect("own frames decode")
+                .message
+        })
+        .collect()
+}
+
+fn seqs_of(frames: &[ClientMessage], message_type: MessageType) -> Vec<i64> {
+    frames
+        .iter()
+        .filter(|m| m.message_type == message_type)
+        .map(|m| m.sequence_number)
+        .collect()
+}
+
+fn acked_seqs(frames: &[ClientMessage]) -> Vec<i64> {
+    frames
+        .iter()
+        .filter(|m| m.message_type == MessageType::Acknowledge)
+        .map(|m| {
+            AcknowledgeContent::from_payload(&m.payload)
+                .expect("ack")
+                .sequence_number
+        })
+        .collect()
+}
+
+fn delivered(channel: &mut Channel) -> Vec<Bytes> {
+    std::iter::from_fn(|| channel.poll_event())
+        .filter_map(|event| match event {
+            ChannelEvent::Message(message) => Some(message.payload),
+            _ => None,
+        })
+        .collect()
+}
+
+fn send(channel: &mut Channel, payload: &'static [u8], now: Instant) -> i64 {
+    channel
+        .send(PayloadType::OUTPUT, Bytes::from_static(payload), now)
+        .expect("window open")
+}
+
+#[test]
+fn sends_sequenced_input_and_forgets_it_once_acked() {
+    let (mut ch, t0) = client();
+    assert_eq!(send(&mut ch, b"a", t0), 0);
+    assert_eq!(send(&mut ch, b"b", t0), 1);
+    let frames = drain(&mut ch);
+    assert_eq!(seqs_of(&frames, MessageType::InputStreamData), vec![0, 1]);
+    assert!(
+        frames
+            .iter()
+            .all(|m| m.flags == 0 && m.created_date == 1_700_000_000_000)
+    );
+    ch.handle_frame(ack(0), t0 + 50 * MS).expect("ack");
+    assert_eq!(ch.unacked(), 1);
+    // Karn: one clean sample of 50 ms gives the protocol's worked RTO.
+    assert_eq!(ch.rto(), Duration::from_micros(143_750));
+}
+
+#[test]
+fn every_expired_message_is_resent_not_only_the_head() {
+    let (mut ch, t0) = client();
+    for payload in [b"a", b"b", b"c"] {
+        send(&mut ch, payload, t0);
+    }
+    drain(&mut ch);
+    assert_eq!(ch.poll_timeout(), Some(t0 + 200 * MS));
+    ch.handle_timeout(t0 + 199 * MS);
+    assert!(drain(&mut ch).is_empty());
+    ch.handle_frame(ack(1), t0 + 199 * MS).expect("ack");
+    ch.handle_timeout(t0 + 200 * MS);
+    assert_eq!(
+        seqs_of(&drain(&mut ch), MessageType::InputStreamData),
+        vec![0, 2]
+    );
+    // Backoff doubles: the next resend is two RTOs later (the ack of 1 was an RTT sample).
+    let next = t0 + 200 * MS + 2 * ch.rto();
+    assert_eq!(ch.poll_timeout(), Some(next));
+    ch.handle_timeout(next - MS);
+    assert!(drain(&mut ch).is_empty());
+    ch.handle_timeout(next);
+    assert_eq!(
+        seqs_of(&drain(&mut ch), MessageType::InputStreamData),
+        vec![0, 2]
+    );
+    assert_eq!(ch.stats().retransmitted, 4);
+    // An ack for a retransmitted message is no RTT sample.
+    let rto = ch.rto();
+    ch.handle_frame(ack(0), next + MS).expect("ack");
+    assert_eq!(ch.rto(), rto);
+}
+
+#[test]
+fn backoff_is_capped() {
+    let (mut ch, t0) = channel(ChannelConfig {
+        max_backoff: Duration::from_millis(500),
+        ..ChannelConfig::default()
+    });
+    send(&mut ch, b"a", t0);
+    drain(&mut ch);
+    let mut now = t0;
+    let mut gaps = Vec::new();
+    for _ in 0..5 {
+        let next = ch.poll_timeout().expect("pending");
+        gaps.push(next - now);
+        now = next;
+        ch.handle_timeout(now);
+        assert_eq!(drain(&mut ch).len(), 1);
+    }
+    assert_eq!(gaps, [200, 400, 500, 500, 500].map(|ms| ms * MS));
+}
+
+#[test]
+fn messages_written_while_disconnected_are_kept_and_sent_in_order_on_reconnect() {
+    let (mut ch, t0) = client();
+    send(&mut ch, b"a", t0);
+    drain(&mut ch);
+    ch.on_disconnected();
+    assert_eq!(send(&mut ch, b"b", t0), 1);
+    assert_eq!(send(&mut ch, b"c", t0), 2);
+    assert!(
+        drain(&mut ch).is_empty(),
+        "nothing is written without a socket"
+    );
+    assert_eq!(ch.poll_timeout(), None, "no resends without a socket");
+    ch.handle_timeout(t0 + Duration::from_secs(10));
+    assert!(drain(&mut ch).is_empty());
+
+    ch.on_connected(t0 + Duration::from_secs(10));
+    let frames = drain(&mut ch);
+    assert_eq!(
+        seqs_of(&frames, MessageType::InputStreamData),
+        vec![0, 1, 2]
+    );
+    assert_eq!(frames[1].payload.as_ref(), b"b");
+    // Sequence numbers continue across the reconnect.
+    assert_eq!(send(&mut ch, b"d", t0 + Duration::from_secs(10)), 3);
+}
+
+#[test]
+fn full_window_refuses_instead_of_evicting() {
+    let (mut ch, t0) = channel(ChannelConfig {
+        max_unacked: 2,
+        ..ChannelConfig::default()
+    });
+    send(&mut ch, b"a", t0);
+    send(&mut ch, b"b", t0);
+    assert_eq!(ch.send_capacity(), 0);
+    assert_eq!(
+        ch.send(PayloadType::OUTPUT, Bytes::from_static(b"c"), t0),
+        Err(SendError::WindowFull(2))
+    );
+    ch.handle_frame(ack(0), t0 + MS).expect("ack");
+    assert_eq!(send(&mut ch, b"c", t0), 2);
+    let oversized = Bytes::from(vec![0; MAX_STREAM_PAYLOAD + 1]);
+    assert_eq!(
+        ch.send(PayloadType::OUTPUT, oversized, t0),
+        Err(SendError::PayloadTooLarge(MAX_STREAM_PAYLOAD + 1))
+    );
+}
+
+#[test]
+fn incoming_data_is_delivered_once_in_order_and_duplicates_are_reacked() {
+    let (mut ch, t0) = client();
+    ch.handle_frame(data(0, b"zero"), t0).expect("data");
+    ch.handle_frame(data(2, b"two"), t0).expect("data");
+    ch.handle_frame(data(2, b"two"), t0).expect("data");
+    assert_eq!(delivered(&mut ch), vec![Bytes::from_static(b"zero")]);
+    ch.handle_frame(data(1, b"one"), t0).expect("data");
+    ch.handle_frame(data(0, b"zero"), t0).expect("data");
+    assert_eq!(
+        delivered(&mut ch),
+        vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")]
+    );
+    // Every copy is acknowledged, so a lost ack can never stall the peer.
+    assert_eq!(acked_seqs(&drain(&mut ch)), vec![0, 2, 2, 1, 0]);
+    assert_eq!(ch.expected_sequence_number(), 3);
+    assert_eq!(ch.stats().duplicates, 2);
+}
+
+#[test]
+fn bad_digest_is_dropped_unacked_so_the_peer_resends() {
+    let (mut ch, t0) = client();
+    let mut frame = data(0, b"zero").to_vec();
+    let last = frame.len() - 1;
+    frame[last] ^= 1;
+    let err = ch
+        .handle_frame(Bytes::from(frame), t0)
+        .expect_err("bad digest");
+    assert!(matches!(
+        err,
+        FrameError::BadDigest(MessageType::OutputStreamData, 0)
+    ));
+    assert!(drain(&mut ch).is_empty());
+    assert!(delivered(&mut ch).is_empty());
+    assert!(matches!(
+        ch.handle_frame(Bytes::from_static(b"junk"), t0),
+        Err(FrameError::Decode(_))
+    ));
+}
+
+#[test]
+fn slow_application_leaves_data_unacked() {
+    let (mut ch, t0) = channel(ChannelConfig {
+        max_undelivered: 1,
+        ..ChannelConfig::default()
+    });
+    ch.handle_frame(data(0, b"zero"), t0).expect("data");
+    ch.handle_frame(data(1, b"one"), t0).expect("data");
+    assert_eq!(acked_seqs(&drain(&mut ch)), vec![0]);
+    assert_eq!(delivered(&mut ch), vec![Bytes::from_static(b"zero")]);
+    ch.handle_frame(data(1, b"one"), t0).expect("resent");
+    assert_eq!(acked_seqs(&drain(&mut ch)), vec![1]);
+    assert_eq!(delivered(&mut ch), vec![Bytes::from_static(b"one")]);
+}
+
+#[test]
+fn pause_stops_data_and_resends_until_publication_starts() {
+    let (mut ch, t0) = client();
+    send(&mut ch, b"a", t0);
+    drain(&mut ch);
+    ch.handle_frame(service(MessageType::PausePublication, b""), t0)
+        .expect("pause");
+    assert!(ch.is_paused());
+    assert_eq!(ch.poll_event(), Some(ChannelEvent::Paused));
+    send(&mut ch, b"b", t0);
+    ch.handle_timeout(t0 + Duration::from_secs(5));
+    assert!(drain(&mut ch).is_empty());
+    // Acks still flow while paused: they are not publication.
+    ch.handle_frame(
+        service(MessageType::StartPublication, b""),
+        t0 + Duration::from_secs(5),
+    )
+    .expect("start");
+    assert_eq!(ch.poll_event(), Some(ChannelEvent::Resumed));
+    let frames = drain(&mut ch);
+    assert_eq!(seqs_of(&frames, MessageType::InputStreamData), vec![0, 1]);
+}
+
+#[test]
+fn an_ack_or_data_from_the_peer_ends_a_pause() {
+    let (mut ch, t0) = client();
+    send(&mut ch, b"a", t0);
+    send(&mut ch, b"b", t0);
+    drain(&mut ch);
+    ch.handle_frame(service(MessageType::PausePublication, b""), t0)
+        .expect("pause");
+    ch.handle_frame(ack(0), t0 + MS).expect("ack");
+    assert!(!ch.is_paused());
+    assert_eq!(
+        seqs_of(&drain(&mut ch), MessageType::InputStreamData),
+        vec![1]
+    );
+}
+
+#[test]
+fn channel_closed_is_reported_even_if_unreadable() {
+    let (mut ch, t0) = client();
+    ch.handle_frame(
+        service(MessageType::ChannelClosed, br#"{"Output":"bye"}"#),
+        t0,
+    )
+    .expect("closed");
+    let Some(ChannelEvent::ChannelClosed(closed)) = ch.poll_event() else {
+        panic!("expected channel_closed");
+    };
+    assert_eq!(closed.output, "bye");
+    ch.handle_frame(service(MessageType::ChannelClosed, b"not json"), t0)
+        .expect("closed");
+    assert!(matches!(
+        ch.poll_event(),
+        Some(ChannelEvent::ChannelClosed(_))
+    ));
+}
+
+#[test]
+fn agent_role_sets_syn_on_its_first_message() {
+    let (mut ch, t0) = channel(ChannelConfig {
+        role: Role::Agent,
+        ..ChannelConfig::default()
+    });
+    send(&mut ch, b"hello", t0);
+    send(&mut ch, b"again", t0);
+    let frames = drain(&mut ch);
+    assert_eq!(frames[0].message_type, MessageType::OutputStreamData);
+    assert_eq!((frames[0].flags, frames[1].flags), (FLAG_SYN, 0));
+}
+
+/// Two channels joined by a lossy, duplicating, reordering link in simulated time: every byte
+/// arrives once, in order.
+#[test]
+fn lossy_link_delivers_everything_exactly_once() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    for seed in 0..20u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let start = Instant::now();
+        let mut client = Channel::new(ChannelConfig::default(), start, 1);
+        let mut agent = Channel::new(
+            ChannelConfig {
+                role: Role::Agent,
+                ..ChannelConfig::default()
+            },
+            start,
+            1,
+        );
+        client.on_connected(start);
+        agent.on_connected(start);
+        // (arrival time, to_agent, frame)
+        let mut in_flight: Vec<(Instant, bool, Bytes)> = Vec::new();
+        let mut now = start;
+        let total = 300usize;
+        let (mut sent_c, mut sent_a) = (0usize, 0usize);
+        let (mut got_a, mut got_c) = (Vec::new(), Vec::new());
+        for _step in 0..200_000 {
+            while sent_c < total && client.send_capacity() > 0 {
+                let payload = Bytes::from(format!("c{sent_c};"));
+                client
+                    .send(PayloadType::OUTPUT, payload, now)
+                    .expect("capacity");
+                sent_c += 1;
+            }
+            while sent_a < total && agent.send_capacity() > 0 {
+                let payload = Bytes::from(format!("a{sent_a};"));
+                agent
+                    .send(PayloadType::OUTPUT, payload, now)
+                    .expect("capacity");
+                sent_a += 1;
+            }
+            for (to_agent, ch) in [(true, &mut client), (false, &mut agent)] {
+                while let Some(frame) = ch.poll_transmit() {
+                    if rng.random_bool(0.1) {
+                        continue; // lost
+                    }
+                    let copies = if rng.random_bool(0.05) { 2 } else { 1 };
+                    for _ in 0..copies {
+                        let delay = Duration::from_millis(rng.random_range(1..40));
+                        in_flight.push((now + delay, to_agent, frame.clone()));
+                    }
+                }
+            }
+            for event in std::iter::from_fn(|| agent.poll_event()) {
+                if let ChannelEvent::Message(m) = event {
+                    got_a.extend_from_slice(&m.payload);
+                }
+            }
+            for event in std::iter::from_fn(|| client.poll_event()) {
+                if let ChannelEvent::Message(m) = event {
+                    got_c.extend_from_slice(&m.payload);
+                }
+            }
+            let done =
+                sent_c == total && sent_a == total && client.unacked() == 0 && agent.unacked() == 0;
+            if done {
+                break;
+            }
+            let next_arrival = in_flight.iter().map(|f| f.0).min();
+            let next_timer = [client.poll_timeout(), agent.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            now = match (next_arrival, next_timer) {
+                (Some(a), Some(t)) => a.min(t),
+                (Some(a), None) => a,
+                (None, Some(t)) => t,
+                (None, None) => panic!("seed {seed}: stalled with nothing scheduled"),
+            };
+            client.handle_timeout(now);
+            agent.handle_timeout(now);
+            let (due, later): (Vec<_>, Vec<_>) = in_flight.into_iter().partition(|f| f.0 <= now);
+            in_flight = later;
+            for (_, to_agent, frame) in due {
+                let target = if to_agent { &mut agent } else { &mut client };
+                target.handle_frame(frame, now).expect("valid frames");
+            }
+        }
+        let expect = |prefix: char| {
+            (0..total)
+                .map(|i| format!("{prefix}{i};"))
+                .collect::<String>()
+                .into_bytes()
+        };
+        assert_eq!(got_a, expect('c'), "seed {seed}: client → agent");
+        assert_eq!(got_c, expect('a'), "seed {seed}: agent → client");
+    }
+}

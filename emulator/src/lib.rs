@@ -5,4 +5,22 @@
 //! reliability, handshake and forwarding logic model the real agent independently, so that a
 //! bug in the runtime cannot cancel itself out in the tests.
 
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod documents;
 pub mod events;
+pub mod faults;
+pub mod server;
+pub mod sessions;
+
+mod admin;
+mod agent_link;
+mod api;
+mod relay;
+mod service;
+mod supervisor;
+
+pub use config::{AgentSettings, EmulatorConfig};
+pub use faults::{FaultControl, FaultSettings};
+pub use server::{Emulator, EmulatorError};

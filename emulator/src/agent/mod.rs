@@ -1,0 +1,244 @@
+//! An in-process model of amazon-ssm-agent's port session (PROTOCOL.md §4–§6, §9.4, §12).
+//!
+//! [`spawn`] starts one agent session against the emulator's service, exactly as the real
+//! agent talks to MGS: CreateDataChannel over HTTP for a token, a data-channel WebSocket with
+//! the OpenDataChannel text frame, then `agent_session_state` Connected and the handshake. After
+//! the handshake it forwards the port in mux (smux v1 server) or basic mode, with the agent's
+//! reliability rules, and rejoins after socket loss with the agent's small retry budget.
+//!
+//! Everything it does is recorded as [`Event::Agent`](crate::events::Event::Agent) in the
+//! configured [`EventLog`]. Tokens never appear there.
+//!
+//! Layout: [`reliable`] is the sans-IO sequencing/ack/resend state machine; `port` holds the
+//! pure mode decisions and chunking; `mgs` the HTTP/WebSocket contract with the service;
+//! `dest` the destination TCP connections; `session` the single task that owns all session state
+//! and drives it from sockets and timers.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::events::EventLog;
+
+mod dest;
+mod mgs;
+mod port;
+mod reliable;
+mod session;
+
+/// The agent version the model reports by default (mux, keepalive decided by the client).
+pub const DEFAULT_AGENT_VERSION: &str = "3.3.987.0";
+/// The agent's pause after each agent→client data message.
+pub const DEFAULT_PACING: Duration = Duration::from_millis(1);
+/// The agent's wait for the HandshakeResponse.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// The agent's WebSocket ping interval (`WebSocketPingInterval`).
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(54);
+/// The agent's pong wait (`WebSocketPongWaitTimeout`).
+pub const DEFAULT_PONG_WAIT: Duration = Duration::from_secs(60);
+
+/// How one agent session is set up.
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// The session id (path segment of the CreateDataChannel call and WebSocket URL).
+    pub session_id: String,
+    /// The instance id (the StartSession `Target`), sent as `ClientInstanceId`.
+    pub instance_id: String,
+    /// Base URL of the CreateDataChannel REST API, e.g. `http://127.0.0.1:PORT`.
+    pub mgs_http_base: String,
+    /// Base URL of the data-channel WebSocket, e.g. `ws://127.0.0.1:PORT`.
+    pub mgs_ws_base: String,
+    /// The `AgentVersion` of the HandshakeRequest.
+    pub agent_version: String,
+    /// The session document's `properties` after parameter substitution (`portNumber`,
+    /// `type`, `host`, `localPortNumber`, …), sent verbatim in the HandshakeRequest.
+    pub properties: BTreeMap<String, serde_json::Value>,
+    /// Sleep after each agent→client data message; zero means none (full speed).
+    pub pacing: Duration,
+    /// How long to wait for the HandshakeResponse.
+    pub handshake_timeout: Duration,
+    /// WebSocket ping interval.
+    pub ping_interval: Duration,
+    /// Pong wait: the read deadline starts at `ping_interval + pong_wait` and each pong moves
+    /// it to now + `pong_wait`.
+    pub pong_wait: Duration,
+    /// Seeds the rejoin jitter and message ids.
+    pub seed: u64,
+    /// Runtime fault toggles.
+    pub controls: Arc<AgentControls>,
+    /// Where everything the agent does is recorded.
+    pub events: EventLog,
+}
+
+impl AgentConfig {
+    /// A configuration with the real agent's defaults and no properties (set at least
+    /// `portNumber` and usually `type` before spawning).
+    pub fn new(
+        session_id: impl Into<String>,
+        instance_id: impl Into<String>,
+        mgs_http_base: impl Into<String>,
+        mgs_ws_base: impl Into<String>,
+        events: EventLog,
+    ) -> Self {
+        Self {
+            session_id: session_id.into(),
+            instance_id: instance_id.into(),
+            mgs_http_base: mgs_http_base.into(),
+            mgs_ws_base: mgs_ws_base.into(),
+            agent_version: DEFAULT_AGENT_VERSION.to_owned(),
+            properties: BTreeMap::new(),
+            pacing: DEFAULT_PACING,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            pong_wait: DEFAULT_PONG_WAIT,
+            seed: 0,
+            controls: Arc::new(AgentControls::default()),
+            events,
+        }
+    }
+
+    /// Sets the document properties (builder style).
+    pub fn with_properties(
+        mut self,
+        properties: impl IntoIterator<Item = (String, serde_json::Value)>,
+    ) -> Self {
+        self.properties = properties.into_iter().collect();
+        self
+    }
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("session_id", &self.session_id)
+            .field("instance_id", &self.instance_id)
+            .field("mgs_http_base", &self.mgs_http_base)
+            .field("mgs_ws_base", &self.mgs_ws_base)
+            .field("agent_version", &self.agent_version)
+            .field("properties", &self.properties)
+            .field("pacing", &self.pacing)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("ping_interval", &self.ping_interval)
+            .field("pong_wait", &self.pong_wait)
+            .field("seed", &self.seed)
+            .field("controls", &self.controls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Fault toggles that can be flipped while the agent runs.
+#[derive(Debug, Default)]
+pub struct AgentControls {
+    /// Every destination dial fails as if the port refused the connection (mux: Flag
+    /// ConnectToPortError and FIN for the stream; basic: the port session fails).
+    pub refuse_destination: AtomicBool,
+}
+
+/// How an agent session ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AgentOutcome {
+    /// The client sent Flag TerminateSession; the agent reported `Terminating` and closed.
+    TerminatedByClient,
+    /// The service sent `channel_closed`; the `Output` text.
+    ChannelClosed(String),
+    /// The handshake timed out or the client reported a failed action; the error text.
+    HandshakeFailed(String),
+    /// The port session failed or ended on its own (initial or lazy dial failed, smux
+    /// protocol error or keepalive timeout, SSH-style destination EOF); the reason.
+    PortSessionFailed(String),
+    /// The data channel could not be opened at session start; the error.
+    OpenFailed(String),
+    /// All rejoin attempts failed; the last error.
+    RejoinGaveUp(String),
+    /// A rejoin got "Session is already terminated"; the error.
+    SessionAlreadyTerminated(String),
+    /// [`AgentHandle::shutdown`] stopped it.
+    Shutdown,
+}
+
+/// A running agent session.
+///
+/// Dropping the handle detaches the agent (it keeps running until it ends on its own); call
+/// [`shutdown`](Self::shutdown) to stop it.
+#[derive(Debug)]
+pub struct AgentHandle {
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    outcome: watch::Receiver<Option<AgentOutcome>>,
+    task: JoinHandle<()>,
+}
+
+/// Starts one agent session. Must be called inside a tokio runtime.
+pub fn spawn(config: AgentConfig) -> AgentHandle {
+    let (outcome_tx, outcome_rx) = watch::channel(None);
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let events = config.events.clone();
+        let session_id = config.session_id.clone();
+        let stop = async {
+            // A dropped handle detaches rather than stops.
+            if stop_rx.await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = session::Core::new(config).run() => outcome,
+            () = stop => {
+                // Dropping the core closed the sockets and aborted every task it owned.
+                session::emit(&events, &session_id, "shutdown", "stopped by the emulator");
+                AgentOutcome::Shutdown
+            }
+        };
+        outcome_tx.send_replace(Some(outcome));
+    });
+    AgentHandle {
+        stop: Mutex::new(Some(stop_tx)),
+        outcome: outcome_rx,
+        task,
+    }
+}
+
+impl AgentHandle {
+    /// Stops everything (WebSocket, destination connections, tasks) and waits until it is
+    /// stopped. Returns at once if the agent had already ended.
+    pub async fn shutdown(self) {
+        if let Some(stop) = self
+            .stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = stop.send(());
+        }
+        let _ = self.task.await;
+    }
+
+    /// Whether the agent has ended.
+    pub fn is_finished(&self) -> bool {
+        self.outcome.borrow().is_some()
+    }
+
+    /// How the agent ended, if it has.
+    pub fn outcome(&self) -> Option<AgentOutcome> {
+        self.outcome.borrow().clone()
+    }
+
+    /// Waits until the agent ends (on its own or through [`shutdown`](Self::shutdown) from
+    /// another handle owner) and returns how.
+    pub async fn finished(&self) -> AgentOutcome {
+        let mut outcome = self.outcome.clone();
+        match outcome.wait_for(Option::is_some).await {
+            Ok(value) => value
+                .clone()
+                .unwrap_or_else(|| AgentOutcome::PortSessionFailed("no outcome".into())),
+            // The task ended without an outcome: it panicked.
+            Err(_) => AgentOutcome::PortSessionFailed("agent task ended unexpectedly".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

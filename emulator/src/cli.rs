@@ -1,0 +1,375 @@
+//! The standalone command (`ssm-tether emulator`): flags, scenario file, ready line, signals.
+//!
+//! Precedence: built-in defaults, then the scenario file, then flags.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use serde::Deserialize;
+
+use crate::config::{AgentSettings, EmulatorConfig};
+use crate::events::EventLog;
+use crate::faults::{FaultSettings, ResumeFailCode, SideSelection};
+use crate::server::Emulator;
+
+/// Run a local SSM Session Manager service (SSM API + MGS data channel) and agent model, with
+/// fault injection. Prints one JSON line with `endpoint_url` and `admin_url` when ready and
+/// runs until SIGINT/SIGTERM. Durations are written like `250ms`, `2s`, `1h`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct EmulatorArgs {
+    /// Port of the SSM API and data-channel server [default: a free port].
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Port of the admin server [default: a free port].
+    #[arg(long, value_name = "PORT")]
+    pub admin_port: Option<u16>,
+    /// Seed of the RNG behind every random choice, for reproducible runs [default: 0].
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// JSON scenario file: {"seed": N, "agent": {...}, "faults": {...}} (see the README).
+    #[arg(long, value_name = "FILE")]
+    pub scenario: Option<PathBuf>,
+    /// Write every event as a JSON line to FILE, or to standard output with `-`.
+    #[arg(long, value_name = "FILE|-")]
+    pub event_log: Option<String>,
+
+    /// Agent sleep after every message it sends (the real agent: 1ms; 0 for speed) [default: 1ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub pacing: Option<Duration>,
+    /// AgentVersion the agent reports: `3.3.987.0` mux, `3.1.1000.0` mux with smux keepalive,
+    /// `3.0.0.0` basic mode [default: 3.3.987.0].
+    #[arg(long, value_name = "V")]
+    pub agent_version: Option<String>,
+    /// Start no agent model: an external agent must call CreateDataChannel and dial in.
+    #[arg(long)]
+    pub no_agent: bool,
+    /// How long the agent waits for the HandshakeResponse [default: 15s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub handshake_timeout: Option<Duration>,
+    /// Interval of the agent's WebSocket pings [default: 54s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub agent_ping_interval: Option<Duration>,
+    /// How long the agent waits for a pong before reconnecting [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub agent_pong_wait: Option<Duration>,
+
+    /// Close data-channel sockets with 1000 "Bye" this often (per session) [default: never].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub recycle_every: Option<Duration>,
+    /// Random delay in 0..=SKEW added to each side's close of a recycle [default: 0].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub recycle_skew: Option<Duration>,
+    /// Which sockets a recycle closes: client, agent or both [default: both].
+    #[arg(long, value_name = "SIDE")]
+    pub recycle_side: Option<SideSelection>,
+    /// After a client recycle, refuse the old StreamUrl's cell-number with HTTP 403; only the
+    /// StreamUrl from ResumeSession works.
+    #[arg(long)]
+    pub stale_cell: bool,
+    /// Fail this many ResumeSession calls (re-armed after every client-side recycle).
+    #[arg(long, value_name = "N")]
+    pub resume_fail_count: Option<u32>,
+    /// Fail every ResumeSession for this long from the first failure (re-armed per client-side recycle).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub resume_fail_for: Option<Duration>,
+    /// Error of a failing ResumeSession: access-denied (403) or throttling (400)
+    /// [default: access-denied].
+    #[arg(long, value_name = "CODE")]
+    pub resume_fail_code: Option<ResumeFailCode>,
+    /// Requests signed with an access key id first seen longer ago than this get
+    /// ExpiredTokenException; a new access key id works [default: never].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub credential_ttl: Option<Duration>,
+
+    /// Probability of dropping a frame, both directions.
+    #[arg(long, value_name = "F", value_parser = parse_rate)]
+    pub drop_rate: Option<f64>,
+    /// Probability of delivering a frame twice, both directions.
+    #[arg(long, value_name = "F", value_parser = parse_rate)]
+    pub dup_rate: Option<f64>,
+    /// Probability of delivering a frame after the next one, both directions.
+    #[arg(long, value_name = "F", value_parser = parse_rate)]
+    pub reorder_rate: Option<f64>,
+    /// Drop probability for client → agent frames (overrides --drop-rate).
+    #[arg(long, value_name = "F", value_parser = parse_rate)]
+    pub drop_rate_to_agent: Option<f64>,
+    /// Drop probability for agent → client frames (overrides --drop-rate).
+    #[arg(long, value_name = "F", value_parser = parse_rate)]
+    pub drop_rate_to_client: Option<f64>,
+    /// Duplicate probability for client → agent frames (overrides --dup-rate).
+    #[arg(long, value_name = "F", value_parser = parse_rate)]
+    pub dup_rate_to_agent: Option<f64>,
+    /// Duplicate probability for agent → client frames (overrides --dup-rate).
+    #[arg(long, value_name = "F", value_parser = parse_rate)]
+    pub dup_rate_to_client: Option<f64>,
+    /// Reorder probability for client → agent frames (overrides --reorder-rate).
+    #[arg(long, value_name = "F", value_parser = parse_rate)]
+    pub reorder_rate_to_agent: Option<f64>,
+    /// Reorder probability for agent → client frames (overrides --reorder-rate).
+    #[arg(long, value_name = "F", value_parser = parse_rate)]
+    pub reorder_rate_to_client: Option<f64>,
+    /// Apply drop/dup/reorder rates to `acknowledge` frames only.
+    #[arg(long)]
+    pub acks_only: bool,
+
+    /// Terminate a session whose client has had no open socket for this long [default: never].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub client_grace: Option<Duration>,
+    /// Terminate a session after this long without stream data [default: never].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Terminate a session this long after it started [default: never].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_session_duration: Option<Duration>,
+    /// Agents refuse connections to their destination (ConnectToPortError in mux mode).
+    #[arg(long)]
+    pub refuse_destination: bool,
+}
+
+/// A duration flag value (`250ms`, `2s`, `1h`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e} (write durations like 250ms, 2s or 1h)"))
+}
+
+/// A probability flag value.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    if (0.0..=1.0).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(format!("{rate} is not between 0 and 1"))
+    }
+}
+
+/// The scenario file: every section optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Scenario {
+    seed: Option<u64>,
+    agent: Option<AgentSettings>,
+    faults: Option<FaultSettings>,
+}
+
+impl EmulatorArgs {
+    /// The configuration these flags (and the scenario file they name) describe.
+    ///
+    /// # Errors
+    /// The scenario file cannot be read or parsed, the event log cannot be created, or the
+    /// resulting settings are out of range.
+    pub fn to_config(&self) -> anyhow::Result<EmulatorConfig> {
+        let scenario = match &self.scenario {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("--scenario: cannot read {}", path.display()))?;
+                serde_json::from_str::<Scenario>(&text)
+                    .with_context(|| format!("--scenario: {} is not valid", path.display()))?
+            }
+            None => Scenario::default(),
+        };
+        let mut config = EmulatorConfig {
+            seed: scenario.seed.unwrap_or(0),
+            agent: scenario.agent.unwrap_or_default(),
+            faults: scenario.faults.unwrap_or_default(),
+            ..EmulatorConfig::default()
+        };
+        self.apply(&mut config);
+        config
+            .faults
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid fault settings: {e}"))?;
+        config.events = match self.event_log.as_deref() {
+            None => EventLog::default(),
+            Some("-") => EventLog::new(Some(Box::new(std::io::stdout()))),
+            Some(path) => {
+                let file = std::fs::File::create(path)
+                    .with_context(|| format!("--event-log: cannot create {path}"))?;
+                EventLog::new(Some(Box::new(std::io::LineWriter::new(file))))
+            }
+        };
+        Ok(config)
+    }
+
+    fn apply(&self, config: &mut EmulatorConfig) {
+        fn set<T: Clone>(target: &mut T, value: &Option<T>) {
+            if let Some(value) = value {
+                *target = value.clone();
+            }
+        }
+        set(&mut config.port, &self.port);
+        set(&mut config.admin_port, &self.admin_port);
+        set(&mut config.seed, &self.seed);
+        let agent = &mut config.agent;
+        agent.enabled &= !self.no_agent;
+        set(&mut agent.pacing, &self.pacing);
+        set(&mut agent.version, &self.agent_version);
+        set(&mut agent.handshake_timeout, &self.handshake_timeout);
+        set(&mut agent.ping_interval, &self.agent_ping_interval);
+        set(&mut agent.pong_wait, &self.agent_pong_wait);
+        let faults = &mut config.faults;
+        if self.recycle_every.is_some() {
+            faults.recycle_every = self.recycle_every;
+        }
+        set(&mut faults.recycle_skew, &self.recycle_skew);
+        set(&mut faults.recycle_side, &self.recycle_side);
+        faults.stale_cell |= self.stale_cell;
+        set(&mut faults.resume_fail.count, &self.resume_fail_count);
+        if self.resume_fail_for.is_some() {
+            faults.resume_fail.window = self.resume_fail_for;
+        }
+        set(&mut faults.resume_fail.code, &self.resume_fail_code);
+        if self.credential_ttl.is_some() {
+            faults.credential_ttl = self.credential_ttl;
+        }
+        let pick = |both: Option<f64>, one: Option<f64>| one.or(both);
+        let directions = [
+            (
+                &mut faults.to_agent,
+                self.drop_rate_to_agent,
+                self.dup_rate_to_agent,
+                self.reorder_rate_to_agent,
+            ),
+            (
+                &mut faults.to_client,
+                self.drop_rate_to_client,
+                self.dup_rate_to_client,
+                self.reorder_rate_to_client,
+            ),
+        ];
+        for (frames, drop, dup, reorder) in directions {
+            set(&mut frames.drop_rate, &pick(self.drop_rate, drop));
+            set(&mut frames.dup_rate, &pick(self.dup_rate, dup));
+            set(&mut frames.reorder_rate, &pick(self.reorder_rate, reorder));
+            frames.acks_only |= self.acks_only;
+        }
+        if self.client_grace.is_some() {
+            faults.client_grace = self.client_grace;
+        }
+        if self.idle_timeout.is_some() {
+            faults.idle_timeout = self.idle_timeout;
+        }
+        if self.max_session_duration.is_some() {
+            faults.max_session_duration = self.max_session_duration;
+        }
+        faults.refuse_destination |= self.refuse_destination;
+    }
+}
+
+/// Runs the emulator until SIGINT or SIGTERM: prints
+/// `{"endpoint_url":"http://127.0.0.1:PORT","admin_url":"http://127.0.0.1:PORT2"}` on one line
+/// when ready, then shuts down cleanly on the signal.
+///
+/// # Errors
+/// Bad configuration (see [`EmulatorArgs::to_config`]) or a port that cannot be bound.
+pub async fn run(args: EmulatorArgs) -> anyhow::Result<()> {
+    let config = args.to_config()?;
+    let emulator = Emulator::start(config).await?;
+    // Built by hand: the documented key order is endpoint_url first.
+    let ready = format!(
+        r#"{{"endpoint_url":{},"admin_url":{}}}"#,
+        serde_json::Value::String(emulator.endpoint_url()),
+        serde_json::Value::String(emulator.admin_url())
+    );
+    {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{ready}").context("cannot write the ready line")?;
+        stdout.flush().context("cannot write the ready line")?;
+    }
+    wait_for_signal().await?;
+    emulator.shutdown().await;
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("cannot watch SIGINT"),
+        _ = term.recv() => Ok(()),
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() -> anyhow::Result<()> {
+    tokio::signal::ctrl_c().await.context("cannot watch Ctrl-C")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: EmulatorArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<EmulatorArgs, clap::Error> {
+        Wrapper::try_parse_from(std::iter::once("emulator").chain(args.iter().copied()))
+            .map(|w| w.args)
+    }
+
+    #[test]
+    fn flags_override_the_scenario_file_and_defaults() {
+        let dir = std::env::temp_dir().join(format!("ssm-emulator-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let scenario = dir.join("scenario.json");
+        std::fs::write(
+            &scenario,
+            r#"{"seed": 9, "agent": {"version": "3.0.0.0"},
+                "faults": {"recycle_every": "1h", "to_client": {"drop_rate": 0.5}, "stale_cell": true}}"#,
+        )
+        .expect("write");
+        let args = parse(&[
+            "--scenario",
+            scenario.to_str().expect("utf8"),
+            "--recycle-every",
+            "300ms",
+            "--pacing",
+            "0s",
+            "--drop-rate-to-agent",
+            "0.25",
+            "--resume-fail-code",
+            "throttling",
+            "--recycle-side",
+            "client",
+        ])
+        .expect("parses");
+        let config = args.to_config().expect("config");
+        assert_eq!(config.seed, 9);
+        assert_eq!(config.agent.version, "3.0.0.0");
+        assert_eq!(config.agent.pacing, Duration::ZERO);
+        assert_eq!(
+            config.faults.recycle_every,
+            Some(Duration::from_millis(300))
+        );
+        assert_eq!(config.faults.recycle_side, SideSelection::Client);
+        assert!(config.faults.stale_cell);
+        assert_eq!(config.faults.to_client.drop_rate, 0.5);
+        assert_eq!(config.faults.to_agent.drop_rate, 0.25);
+        assert_eq!(config.faults.resume_fail.code, ResumeFailCode::Throttling);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let err = parse(&["--recycle-every", "soon"]).expect_err("error");
+        assert!(err.to_string().contains("--recycle-every"), "{err}");
+        let err = parse(&["--drop-rate", "1.5"]).expect_err("error");
+        assert!(err.to_string().contains("--drop-rate"), "{err}");
+        let err = parse(&["--recycle-side", "middle"]).expect_err("error");
+        assert!(err.to_string().contains("--recycle-side"), "{err}");
+        let defaults = parse(&[]).expect("no flags").to_config().expect("config");
+        assert_eq!(defaults.agent.pacing, Duration::from_millis(1));
+        assert_eq!(defaults.agent.version, "3.3.987.0");
+        assert_eq!(defaults.faults, FaultSettings::default());
+    }
+}

@@ -5,4 +5,11 @@
 
 pub use ssm_tether_protocol as protocol;
 
+pub mod aws;
 pub mod channel;
+pub mod mux;
+pub mod policy;
+pub mod recovery;
+pub mod session;
+pub mod transport;
+pub mod version;

@@ -1,0 +1,279 @@
+//! The policy file: which tunnels to keep up, and how.
+//!
+//! `ssm-tether run tunnels.toml` and `ssm-tether check tunnels.toml` read a TOML file such as
+//! `examples/tunnels.toml`:
+//!
+//! ```toml
+//! [defaults]                  # optional; any AWS, transport or recovery key
+//! region = "us-east-1"
+//! profile = "prod"
+//! ping_interval = "20s"
+//!
+//! [defaults.recovery]
+//! max_delay = "1m"
+//!
+//! [[tunnel]]
+//! name = "db"
+//! target = "i-0123456789abcdef0"
+//! remote_port = 5432
+//! remote_host = "db.internal"   # → AWS-StartPortForwardingSessionToRemoteHost
+//! local = "127.0.0.1:15432"
+//! ```
+//!
+//! # Keys
+//!
+//! Top level: `[defaults]` (optional table) and `[[tunnel]]` (one or more tables).
+//!
+//! In `[[tunnel]]` only:
+//! * `name` (required): unique, `[A-Za-z0-9_.-]+`; names the tunnel in logs and events.
+//! * `target` (required): the managed node, `i-…`, `mi-…` or an ECS target `ecs:…`.
+//! * `remote_port` (required): 1–65535, the port on the target (or on `remote_host`).
+//! * `remote_host` (optional): a host name or IP resolved *by the agent*; selects the document
+//!   `AWS-StartPortForwardingSessionToRemoteHost` instead of `AWS-StartPortForwardingSession`.
+//! * `local` (optional): where to listen: `"IP:PORT"`, `"[IPv6]:PORT"`, `"localhost:PORT"`,
+//!   or a bare port (`"15432"` or `15432`) meaning `127.0.0.1:PORT`. Default
+//!   `127.0.0.1:<remote_port>`. Port 0 picks a free port at bind time. Non-loopback addresses
+//!   (e.g. `0.0.0.0`) expose the tunnel to the network and need `allow_non_loopback = true`.
+//! * `allow_non_loopback` (optional, default `false`): see `local`.
+//!
+//! In `[[tunnel]]` or `[defaults]` (a tunnel's value wins over `[defaults]`, which wins over the
+//! built-in default):
+//! * `region`: AWS region (default: the SDK's resolution — `AWS_REGION`, the profile …).
+//! * `profile`: shared-config profile (default: `AWS_PROFILE` or `default`).
+//! * `endpoint_url`: the SSM API endpoint, `http(s)://host[:port]`; the emulator is reached
+//!   this way. Default: the region's public endpoint.
+//! * `aws_config_file`, `aws_credentials_file`: shared config / credentials files to read instead
+//!   of `~/.aws/config` / `~/.aws/credentials` (like `AWS_CONFIG_FILE` /
+//!   `AWS_SHARED_CREDENTIALS_FILE`); relative paths are relative to the policy file. Both are
+//!   re-read on every API call, so rewriting them rotates credentials of running tunnels.
+//! * `reason`: free text (1–256 characters) sent as StartSession `Reason`, visible in CloudTrail.
+//! * `ping_interval` (default `20s`): WebSocket ping period.
+//! * `pong_timeout` (default `30s`): a socket without a pong for this long is dead (black-hole
+//!   detection). Must be longer than `ping_interval`.
+//! * `[recovery]` sub-table (`[defaults.recovery]`, `[tunnel.recovery]`), the built-in reconnect
+//!   policy, merged key by key:
+//!   * `base_delay` (default `200ms`): first backoff delay after an unplanned disconnect.
+//!   * `max_delay` (default `30s`): backoff cap; must be ≥ `base_delay`.
+//!   * `resume_attempts_before_restart` (default `5`, ≥ 1): failed ResumeSession/reconnect
+//!     attempts before a fresh StartSession.
+//!   * `give_up_after` (default `"never"`): give up (exit non-zero) after the tunnel has been
+//!     down this long.
+//!   * `stable_after` (default `60s`): a connection up this long resets the attempt budget.
+//!
+//! Durations are humantime strings: `250ms`, `2s`, `1m 30s`, `1h`. Unknown keys are errors, so a
+//! typo cannot silently fall back to a default. Every error names `file:line:column`, the field
+//! path and the bad value ([`PolicyError`]).
+
+mod error;
+mod parse;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::{Location, PolicyError};
+
+/// Document used when the tunnel ends on the target itself.
+pub const DOCUMENT_PORT_FORWARDING: &str = "AWS-StartPortForwardingSession";
+/// Document used when the agent dials `remote_host` on the tunnel's behalf.
+pub const DOCUMENT_PORT_FORWARDING_TO_REMOTE_HOST: &str =
+    "AWS-StartPortForwardingSessionToRemoteHost";
+
+/// Built-in `ping_interval`.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(20);
+/// Built-in `pong_timeout`.
+pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(30);
+/// Built-in `recovery.base_delay`.
+pub const DEFAULT_BASE_DELAY: Duration = Duration::from_millis(200);
+/// Built-in `recovery.max_delay`.
+pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(30);
+/// Built-in `recovery.resume_attempts_before_restart`.
+///
+/// A session that is really gone is detected explicitly (no token, `DoesNotExist`,
+/// `channel_closed`) and restarted at once; failures that leave the session alive (expired
+/// credentials, throttling, a service blip) are better ridden out, since a restart costs every
+/// open connection. Ten backed-off attempts span about a minute with the default delays.
+pub const DEFAULT_RESUME_ATTEMPTS_BEFORE_RESTART: u32 = 10;
+/// Built-in `recovery.stable_after`.
+pub const DEFAULT_STABLE_AFTER: Duration = Duration::from_secs(60);
+
+/// A validated policy file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// The tunnels, in file order, with defaults already merged. Never empty.
+    pub tunnels: Vec<TunnelSpec>,
+}
+
+/// One tunnel with every setting resolved (tunnel value > `[defaults]` > built-in default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelSpec {
+    /// Unique name, `[A-Za-z0-9_.-]+`.
+    pub name: String,
+    /// The SSM target: `i-…`, `mi-…` or `ecs:…`.
+    pub target: String,
+    /// Port on the target, or on `remote_host` if set.
+    pub remote_port: u16,
+    /// Host the agent connects to instead of the target itself.
+    pub remote_host: Option<String>,
+    /// Local listen address (port 0: any free port).
+    pub local: SocketAddr,
+    /// StartSession `Reason`, if configured.
+    pub reason: Option<String>,
+    /// How the SSM API is reached.
+    pub aws: AwsSettings,
+    /// WebSocket keepalive settings.
+    pub transport: TransportSettings,
+    /// The built-in reconnect policy.
+    pub recovery: RecoverySettings,
+}
+
+/// Where and as whom the SSM API is called. `None` fields use the AWS SDK's own resolution
+/// (environment variables, shared config, IMDS …).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AwsSettings {
+    /// AWS region, e.g. `us-east-1`.
+    pub region: Option<String>,
+    /// Shared-config profile name.
+    pub profile: Option<String>,
+    /// SSM API endpoint override, e.g. `http://127.0.0.1:4566` for the emulator.
+    pub endpoint_url: Option<String>,
+    /// Shared config file to read instead of `~/.aws/config` (like `AWS_CONFIG_FILE`).
+    pub config_file: Option<PathBuf>,
+    /// Shared credentials file to read instead of `~/.aws/credentials` (like
+    /// `AWS_SHARED_CREDENTIALS_FILE`). Re-read on every API call, so rewriting it rotates the
+    /// credentials of running tunnels.
+    pub credentials_file: Option<PathBuf>,
+}
+
+/// WebSocket keepalive: how often to ping and when a silent socket counts as dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportSettings {
+    /// Ping period.
+    pub ping_interval: Duration,
+    /// A socket with no pong (or other frame) for this long is treated as dead. Always longer
+    /// than `ping_interval`.
+    pub pong_timeout: Duration,
+}
+
+impl Default for TransportSettings {
+    fn default() -> Self {
+        Self {
+            ping_interval: DEFAULT_PING_INTERVAL,
+            pong_timeout: DEFAULT_PONG_TIMEOUT,
+        }
+    }
+}
+
+/// The built-in reconnect policy (also the fallback when a reconnect-policy plugin fails).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecoverySettings {
+    /// First backoff delay after an unplanned disconnect (> 0).
+    pub base_delay: Duration,
+    /// Backoff cap (≥ `base_delay`).
+    pub max_delay: Duration,
+    /// Failed resume attempts before a fresh StartSession (≥ 1).
+    pub resume_attempts_before_restart: u32,
+    /// Give up after being down this long; `None`: never.
+    pub give_up_after: Option<Duration>,
+    /// Being connected this long resets the attempt budget.
+    pub stable_after: Duration,
+}
+
+impl Default for RecoverySettings {
+    fn default() -> Self {
+        Self {
+            base_delay: DEFAULT_BASE_DELAY,
+            max_delay: DEFAULT_MAX_DELAY,
+            resume_attempts_before_restart: DEFAULT_RESUME_ATTEMPTS_BEFORE_RESTART,
+            give_up_after: None,
+            stable_after: DEFAULT_STABLE_AFTER,
+        }
+    }
+}
+
+impl TunnelSpec {
+    /// A tunnel with built-in defaults: listening on `127.0.0.1:<remote_port>`, no remote host,
+    /// default AWS resolution. Handy for tests and the demo; files go through [`parse`].
+    pub fn new(name: impl Into<String>, target: impl Into<String>, remote_port: u16) -> Self {
+        Self {
+            name: name.into(),
+            target: target.into(),
+            remote_port,
+            remote_host: None,
+            local: SocketAddr::from((Ipv4Addr::LOCALHOST, remote_port)),
+            reason: None,
+            aws: AwsSettings::default(),
+            transport: TransportSettings::default(),
+            recovery: RecoverySettings::default(),
+        }
+    }
+
+    /// The StartSession document: [`DOCUMENT_PORT_FORWARDING_TO_REMOTE_HOST`] when
+    /// `remote_host` is set, else [`DOCUMENT_PORT_FORWARDING`].
+    pub fn document_name(&self) -> &'static str {
+        if self.remote_host.is_some() {
+            DOCUMENT_PORT_FORWARDING_TO_REMOTE_HOST
+        } else {
+            DOCUMENT_PORT_FORWARDING
+        }
+    }
+
+    /// The StartSession `Parameters` (PROTOCOL.md §7), e.g.
+    /// `{"host":["db.internal"],"localPortNumber":["0"],"portNumber":["5432"]}`.
+    ///
+    /// `localPortNumber` is informational for the service (the agent never sees the client's
+    /// listener); "0" is what the document documents as "chosen at run-time".
+    pub fn parameters(&self) -> BTreeMap<String, Vec<String>> {
+        let mut parameters = BTreeMap::new();
+        parameters.insert("portNumber".to_owned(), vec![self.remote_port.to_string()]);
+        parameters.insert("localPortNumber".to_owned(), vec!["0".to_owned()]);
+        if let Some(host) = &self.remote_host {
+            parameters.insert("host".to_owned(), vec![host.clone()]);
+        }
+        parameters
+    }
+}
+
+/// Reads and validates the policy file at `path`.
+///
+/// # Errors
+/// [`PolicyError::Read`] if the file cannot be read; otherwise as [`parse`], with the path (as
+/// given) as the file name in messages.
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let display = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        path: display.clone(),
+        source,
+    })?;
+    let mut policy = parse(&display, &text)?;
+    // Relative AWS file paths mean "next to the policy file", not "in whatever directory the
+    // daemon happens to be started from".
+    let base = path.parent().unwrap_or(Path::new(""));
+    for tunnel in &mut policy.tunnels {
+        for file in [
+            &mut tunnel.aws.config_file,
+            &mut tunnel.aws.credentials_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
+    }
+    Ok(policy)
+}
+
+/// Parses and validates policy text; `source_name` is the file name used in error messages.
+///
+/// # Errors
+/// [`PolicyError::Syntax`] for invalid TOML, [`PolicyError::Invalid`] for unknown, missing,
+/// mistyped or out-of-range keys, [`PolicyError::Conflict`] for duplicate tunnel names or local
+/// addresses. The first error found is reported. Relative `aws_*_file` paths are kept as
+/// written (relative to the working directory); [`load`] resolves them against the file's
+/// directory.
+pub fn parse(source_name: &str, text: &str) -> Result<Policy, PolicyError> {
+    parse::parse(source_name, text)
+}

@@ -1,0 +1,461 @@
+//! The policy file as a user meets it: valid files, merged defaults, and error messages that
+//! name file, line, column, field and value.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ssm_tether::policy::{self, PolicyError, RecoverySettings, TransportSettings};
+
+fn ok(text: &str) -> policy::Policy {
+    match policy::parse("tunnels.toml", text) {
+        Ok(p) => p,
+        Err(e) => panic!("expected a valid policy, got: {e}"),
+    }
+}
+
+fn err(text: &str) -> String {
+    match policy::parse("tunnels.toml", text) {
+        Ok(p) => panic!("expected an error, got {p:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("test address")
+}
+
+fn examples_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+#[test]
+fn example_file_is_valid_and_merges_defaults() {
+    let path = examples_dir().join("tunnels.toml");
+    let policy = policy::load(&path).expect("examples/tunnels.toml is valid");
+    assert_eq!(policy.tunnels.len(), 2);
+
+    let db = &policy.tunnels[0];
+    assert_eq!(db.name, "db");
+    assert_eq!(db.target, "i-0123456789abcdef0");
+    assert_eq!(db.remote_port, 5432);
+    assert_eq!(db.remote_host.as_deref(), Some("db.internal"));
+    assert_eq!(db.local, addr("127.0.0.1:15432"));
+    assert_eq!(db.aws.region.as_deref(), Some("us-east-1"));
+    assert_eq!(db.aws.profile.as_deref(), Some("prod"));
+    assert_eq!(db.reason.as_deref(), Some("ssm-tether"));
+    assert_eq!(db.transport.ping_interval, Duration::from_secs(20));
+    // Tunnel recovery overrides one key; the rest come from [defaults.recovery].
+    assert_eq!(db.recovery.max_delay, Duration::from_secs(60));
+    assert_eq!(db.recovery.base_delay, Duration::from_millis(200));
+    assert_eq!(db.recovery.give_up_after, None);
+    assert_eq!(
+        db.document_name(),
+        "AWS-StartPortForwardingSessionToRemoteHost"
+    );
+    let params = serde_json::to_string(&db.parameters()).expect("json");
+    assert_eq!(
+        params,
+        r#"{"host":["db.internal"],"localPortNumber":["0"],"portNumber":["5432"]}"#
+    );
+
+    let web = &policy.tunnels[1];
+    assert_eq!(web.local, addr("0.0.0.0:8080"));
+    assert_eq!(web.aws.region.as_deref(), Some("eu-west-1"));
+    assert_eq!(web.aws.profile.as_deref(), Some("staging"));
+    assert_eq!(web.transport.ping_interval, Duration::from_secs(10));
+    assert_eq!(web.transport.pong_timeout, Duration::from_secs(25));
+    assert_eq!(web.recovery.max_delay, Duration::from_secs(30));
+    assert_eq!(web.document_name(), "AWS-StartPortForwardingSession");
+    assert!(!web.parameters().contains_key("host"));
+}
+
+#[test]
+fn minimal_tunnel_gets_builtin_defaults() {
+    let p = ok("[[tunnel]]\nname = \"a\"\ntarget = \"i-1\"\nremote_port = 22\n");
+    let t = &p.tunnels[0];
+    assert_eq!(t.local, addr("127.0.0.1:22"));
+    assert_eq!(t.aws, policy::AwsSettings::default());
+    assert_eq!(t.transport, TransportSettings::default());
+    assert_eq!(t.transport.ping_interval, Duration::from_secs(20));
+    assert_eq!(t.transport.pong_timeout, Duration::from_secs(30));
+    assert_eq!(t.recovery, RecoverySettings::default());
+    assert_eq!(t.recovery.base_delay, Duration::from_millis(200));
+    assert_eq!(t.recovery.max_delay, Duration::from_secs(30));
+    assert_eq!(t.recovery.resume_attempts_before_restart, 10);
+    assert_eq!(t.recovery.stable_after, Duration::from_secs(60));
+    assert_eq!(t.reason, None);
+    assert_eq!(t.document_name(), "AWS-StartPortForwardingSession");
+}
+
+#[test]
+fn tunnel_value_beats_defaults_which_beat_builtin() {
+    let p = ok(r#"
+[defaults]
+region = "us-west-2"
+endpoint_url = "http://127.0.0.1:4566"
+ping_interval = "5s"
+pong_timeout = "12s"
+[defaults.recovery]
+base_delay = "50ms"
+give_up_after = "10m"
+
+[[tunnel]]
+name = "a"
+target = "i-1"
+remote_port = 1
+region = "eu-central-1"
+recovery = { base_delay = "1s", resume_attempts_before_restart = 2 }
+
+[[tunnel]]
+name = "b"
+target = "i-2"
+remote_port = 2
+pong_timeout = "6s"
+"#);
+    let (a, b) = (&p.tunnels[0], &p.tunnels[1]);
+    assert_eq!(a.aws.region.as_deref(), Some("eu-central-1"));
+    assert_eq!(b.aws.region.as_deref(), Some("us-west-2"));
+    assert_eq!(a.aws.endpoint_url.as_deref(), Some("http://127.0.0.1:4566"));
+    assert_eq!(a.recovery.base_delay, Duration::from_secs(1));
+    assert_eq!(a.recovery.resume_attempts_before_restart, 2);
+    assert_eq!(a.recovery.give_up_after, Some(Duration::from_secs(600)));
+    assert_eq!(b.recovery.base_delay, Duration::from_millis(50));
+    assert_eq!(b.recovery.resume_attempts_before_restart, 10);
+    assert_eq!(a.transport.pong_timeout, Duration::from_secs(12));
+    assert_eq!(b.transport.pong_timeout, Duration::from_secs(6));
+    assert_eq!(b.transport.ping_interval, Duration::from_secs(5));
+}
+
+#[test]
+fn local_address_forms() {
+    let cases = [
+        ("\"15432\"", "127.0.0.1:15432"),
+        ("15433", "127.0.0.1:15433"),
+        ("\"127.0.0.2:99\"", "127.0.0.2:99"),
+        ("\"[::1]:80\"", "[::1]:80"),
+        ("\"localhost:81\"", "127.0.0.1:81"),
+        ("\"127.0.0.1:0\"", "127.0.0.1:0"),
+    ];
+    for (written, expected) in cases {
+        let p = ok(&format!(
+            "[[tunnel]]\nname = \"a\"\ntarget = \"i-1\"\nremote_port = 22\nlocal = {written}\n"
+        ));
+        assert_eq!(p.tunnels[0].local, addr(expected), "local = {written}");
+    }
+}
+
+#[test]
+fn bad_port_names_file_line_column_field_and_value() {
+    let text = r#"[[tunnel]]
+name = "a"
+target = "i-1"
+remote_port = 1
+
+[[tunnel]]
+name = "b"
+target = "i-2"
+remote_port = 70000
+"#;
+    assert_eq!(
+        err(text),
+        "tunnels.toml:9:15: tunnel[1].remote_port: 70000 is not a port (1-65535)"
+    );
+    let e = policy::parse("tunnels.toml", text).expect_err("invalid");
+    assert_eq!(e.field(), Some("tunnel[1].remote_port"));
+    let at = e.location().expect("located");
+    assert_eq!((at.line, at.column), (9, 15));
+}
+
+#[test]
+fn syntax_error_has_line_and_column() {
+    let e = err("[[tunnel]]\nname = \"a\nremote_port = 1\n");
+    assert!(e.starts_with("tunnels.toml:2:"), "{e}");
+    assert!(e.contains("TOML syntax error"), "{e}");
+    assert!(!e.contains('\n'), "one line: {e}");
+}
+
+#[test]
+fn unknown_keys_are_errors_at_the_key() {
+    let e = err("[[tunnel]]\nname = \"a\"\ntarget = \"i-1\"\nremote_prot = 5\n");
+    assert!(
+        e.starts_with("tunnels.toml:4:1: tunnel[0].remote_prot: unknown key"),
+        "{e}"
+    );
+    assert!(e.contains("remote_port"), "lists valid keys: {e}");
+
+    let e = err("[defaults]\nregoin = \"x\"\n[[tunnel]]\nname = \"a\"\n");
+    assert!(
+        e.starts_with("tunnels.toml:2:1: defaults.regoin: unknown key"),
+        "{e}"
+    );
+
+    let e = err("[defaults]\nname = \"x\"\n");
+    assert_eq!(
+        e,
+        "tunnels.toml:2:1: defaults.name: is only valid in a [[tunnel]] table, not in [defaults]"
+    );
+
+    let e = err(
+        "[[tunnel]]\nname = \"a\"\ntarget = \"i-1\"\nremote_port = 5\n[tunnel.recovery]\nbase = \"1s\"\n",
+    );
+    assert!(
+        e.starts_with("tunnels.toml:6:1: tunnel[0].recovery.base: unknown key"),
+        "{e}"
+    );
+
+    let e = err("tunnels = []\n");
+    assert!(
+        e.starts_with("tunnels.toml:1:1: tunnels: unknown key"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_required_keys_point_at_the_tunnel() {
+    let e = err("[[tunnel]]\nname = \"a\"\nremote_port = 5\n");
+    assert!(e.starts_with("tunnels.toml:1:"), "{e}");
+    assert!(e.contains("tunnel[0].target: missing"), "{e}");
+    let e = err("[[tunnel]]\nname = \"a\"\ntarget = \"i-1\"\n");
+    assert!(e.contains("tunnel[0].remote_port: missing"), "{e}");
+    let e = err("[defaults]\nregion = \"us-east-1\"\n");
+    assert_eq!(
+        e,
+        "tunnels.toml:1:1: tunnel: no [[tunnel]] table: a policy needs at least one tunnel"
+    );
+}
+
+#[test]
+fn wrong_types_name_the_type_and_value() {
+    let e = err("[[tunnel]]\nname = \"a\"\ntarget = \"i-1\"\nremote_port = \"5432\"\n");
+    assert_eq!(
+        e,
+        "tunnels.toml:4:15: tunnel[0].remote_port: \"5432\" is a string, expected an integer"
+    );
+    let e =
+        err("[[tunnel]]\nname = \"a\"\ntarget = \"i-1\"\nremote_port = 1\nping_interval = 20\n");
+    assert!(
+        e.starts_with(
+            "tunnels.toml:5:17: tunnel[0].ping_interval: 20 is an integer, expected a duration"
+        ),
+        "{e}"
+    );
+    let e = err("[tunnel]\nname = \"a\"\n");
+    assert!(e.contains("tunnel: "), "{e}");
+    assert!(e.contains("expected an array of tables"), "{e}");
+}
+
+#[test]
+fn bad_values_are_quoted() {
+    let base = "[[tunnel]]\nname = \"a\"\ntarget = \"i-1\"\nremote_port = 1\n";
+    let cases = [
+        (
+            "ping_interval = \"20 parsecs\"",
+            "tunnel[0].ping_interval: \"20 parsecs\" is not a duration",
+        ),
+        (
+            "pong_timeout = \"0s\"",
+            "tunnel[0].pong_timeout: \"0s\" must be longer than zero",
+        ),
+        (
+            "local = \"db:5432\"",
+            "tunnel[0].local: \"db:5432\" is not a local address",
+        ),
+        (
+            "local = 70000",
+            "tunnel[0].local: 70000 is not a port (0-65535)",
+        ),
+        (
+            "endpoint_url = \"ftp://x\"",
+            "tunnel[0].endpoint_url: \"ftp://x\" is not an http(s) URL",
+        ),
+        (
+            "region = \"US East\"",
+            "tunnel[0].region: \"US East\" must not contain spaces",
+        ),
+        (
+            "region = \"US_EAST\"",
+            "tunnel[0].region: \"US_EAST\" is not an AWS region name",
+        ),
+        (
+            "remote_host = \"\"",
+            "tunnel[0].remote_host: must not be empty",
+        ),
+        (
+            "recovery.resume_attempts_before_restart = 0",
+            "tunnel[0].recovery.resume_attempts_before_restart: 0 must be at least 1",
+        ),
+        (
+            "recovery.give_up_after = \"soon\"",
+            "tunnel[0].recovery.give_up_after: \"soon\" is not a duration",
+        ),
+    ];
+    for (line, expected) in cases {
+        let e = err(&format!("{base}{line}\n"));
+        assert!(e.starts_with("tunnels.toml:5:"), "{line}: {e}");
+        assert!(e.contains(expected), "{line}: expected {expected:?} in {e}");
+    }
+
+    let e = err("[[tunnel]]\nname = \"my db\"\ntarget = \"i-1\"\nremote_port = 1\n");
+    assert_eq!(
+        e,
+        "tunnels.toml:2:8: tunnel[0].name: \"my db\" is not a valid name (letters, digits, '_', '.', '-')"
+    );
+    let e = err("[[tunnel]]\nname = \"a\"\ntarget = \"db-1\"\nremote_port = 1\n");
+    assert_eq!(
+        e,
+        "tunnels.toml:3:10: tunnel[0].target: \"db-1\" is not an SSM target (i-…, mi-… or ecs:…)"
+    );
+}
+
+#[test]
+fn non_loopback_needs_opt_in() {
+    let base =
+        "[[tunnel]]\nname = \"a\"\ntarget = \"i-1\"\nremote_port = 1\nlocal = \"0.0.0.0:8080\"\n";
+    let e = err(base);
+    assert!(
+        e.starts_with(
+            "tunnels.toml:5:9: tunnel[0].local: \"0.0.0.0:8080\" is not a loopback address"
+        ),
+        "{e}"
+    );
+    assert!(e.contains("allow_non_loopback = true"), "{e}");
+    let p = ok(&format!("{base}allow_non_loopback = true\n"));
+    assert_eq!(p.tunnels[0].local, addr("0.0.0.0:8080"));
+}
+
+#[test]
+fn timing_relations_are_checked_after_merging() {
+    // pong_timeout from [defaults] is not longer than this tunnel's ping_interval.
+    let e = err(r#"[defaults]
+pong_timeout = "10s"
+[[tunnel]]
+name = "a"
+target = "i-1"
+remote_port = 1
+ping_interval = "15s"
+"#);
+    assert_eq!(
+        e,
+        "tunnels.toml:2:16: defaults.pong_timeout: \"10s\" must be longer than ping_interval \
+         (15s, set at tunnel[0].ping_interval)"
+    );
+    // Only ping_interval written: it collides with the built-in pong_timeout.
+    let e = err(
+        "[[tunnel]]\nname = \"a\"\ntarget = \"i-1\"\nremote_port = 1\nping_interval = \"1m\"\n",
+    );
+    assert!(
+        e.starts_with("tunnels.toml:5:17: tunnel[0].ping_interval: \"1m\" is too large: pong_timeout (30s, built-in default)"),
+        "{e}"
+    );
+    let e = err(
+        "[[tunnel]]\nname = \"a\"\ntarget = \"i-1\"\nremote_port = 1\n[tunnel.recovery]\nmax_delay = \"100ms\"\n",
+    );
+    assert!(
+        e.starts_with("tunnels.toml:6:13: tunnel[0].recovery.max_delay: \"100ms\" must be at least base_delay (200ms, built-in default)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn duplicate_names_and_local_addresses_name_both_tunnels() {
+    let e = err(r#"[[tunnel]]
+name = "db"
+target = "i-1"
+remote_port = 5432
+
+[[tunnel]]
+name = "db"
+target = "i-2"
+remote_port = 5433
+"#);
+    assert_eq!(
+        e,
+        "tunnels.toml:7:8: tunnel[1].name: duplicate tunnel name \"db\": also used by tunnel[0] \
+         at tunnels.toml:2:8"
+    );
+
+    // Second tunnel's default local address (from remote_port) equals the first's explicit one.
+    let e = err(r#"[[tunnel]]
+name = "one"
+target = "i-1"
+remote_port = 1
+local = "5432"
+
+[[tunnel]]
+name = "two"
+target = "i-2"
+remote_port = 5432
+"#);
+    assert!(
+        e.starts_with("tunnels.toml:7:1: tunnel[1].local: 127.0.0.1:5432"),
+        "{e}"
+    );
+    assert!(e.contains("\"one\""), "{e}");
+    assert!(e.contains("\"two\""), "{e}");
+    assert!(e.contains("tunnels.toml:5:9"), "points at the first: {e}");
+
+    // 0.0.0.0 overlaps every IPv4 address on the same port.
+    let e = err(r#"[[tunnel]]
+name = "one"
+target = "i-1"
+remote_port = 80
+[[tunnel]]
+name = "two"
+target = "i-2"
+remote_port = 81
+local = "0.0.0.0:80"
+allow_non_loopback = true
+"#);
+    assert!(e.starts_with("tunnels.toml:9:9: tunnel[1].local"), "{e}");
+
+    // Port 0 never clashes.
+    ok(r#"[[tunnel]]
+name = "one"
+target = "i-1"
+remote_port = 80
+local = "0"
+[[tunnel]]
+name = "two"
+target = "i-2"
+remote_port = 81
+local = "0"
+"#);
+}
+
+#[test]
+fn load_reports_unreadable_files_and_resolves_relative_aws_files() {
+    let missing = Path::new("/nonexistent/dir/tunnels.toml");
+    let e = policy::load(missing).expect_err("missing file");
+    assert!(matches!(e, PolicyError::Read { .. }));
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/dir/tunnels.toml: cannot read"),
+        "{e}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("ssm-tether-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let file = dir.join("t.toml");
+    std::fs::write(
+        &file,
+        "[defaults]\naws_credentials_file = \"creds\"\naws_config_file = \"/abs/config\"\n\
+         [[tunnel]]\nname = \"a\"\ntarget = \"i-1\"\nremote_port = 1\n",
+    )
+    .expect("write");
+    let p = policy::load(&file).expect("valid");
+    assert_eq!(p.tunnels[0].aws.credentials_file, Some(dir.join("creds")));
+    assert_eq!(
+        p.tunnels[0].aws.config_file,
+        Some(PathBuf::from("/abs/config"))
+    );
+    // Errors from load name the path as given.
+    std::fs::write(&file, "[[tunnel]]\nname = 1\n").expect("write");
+    let e = policy::load(&file).expect_err("invalid");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}:2:8: tunnel[0].name", file.display())),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -28,6 +28,10 @@
 
 pub mod rtt;
 
+/// How much later than a lost message another must have been sent, beyond a quarter RTT, for
+/// its ack to prove the loss rather than reordering in the relay.
+const REORDERING_WINDOW: Duration = Duration::from_millis(10);
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
@@ -64,6 +68,10 @@ pub struct ChannelConfig {
     pub max_undelivered: usize,
     /// Cap of the RTT-derived retransmission timeout (1 s in the official endpoints).
     pub max_rto: Duration,
+    /// Floor of the retransmission timeout. The official endpoints floor at 10 ms, which on a
+    /// fast path makes every burst larger than a few milliseconds of work retransmit
+    /// spuriously; 200 ms (as Linux TCP) costs little latency on a real loss.
+    pub min_rto: Duration,
     /// Cap of one message's backed-off retransmission interval.
     pub max_backoff: Duration,
 }
@@ -74,9 +82,14 @@ impl Default for ChannelConfig {
             role: Role::Client,
             // 2048 × 1 KiB keeps ~2 MiB in flight: enough for 20 MB/s at 100 ms RTT.
             max_unacked: 2048,
-            max_reorder: 4096,
+            // The agent resends only its oldest unacked message, one per 100 ms tick: after a
+            // burst of loss it keeps sending new data for seconds before a gap fills. Refusing
+            // that data would turn each refused message into another 100 ms gap, so the buffer
+            // is large (~18 MiB at most, only while a gap is open).
+            max_reorder: 16384,
             max_undelivered: 4096,
             max_rto: rtt::DEFAULT_MAX_RTO,
+            min_rto: Duration::from_millis(200),
             max_backoff: Duration::from_secs(4),
         }
     }
@@ -168,6 +181,8 @@ pub struct Channel {
     events: VecDeque<ChannelEvent>,
     connected: bool,
     paused: bool,
+    /// When an ack last removed a message: retransmission timers restart from it.
+    last_progress: Option<Instant>,
     stats: ChannelStats,
 }
 
@@ -188,6 +203,7 @@ impl Channel {
             events: VecDeque::new(),
             connected: false,
             paused: false,
+            last_progress: None,
             stats: ChannelStats::default(),
         }
     }
@@ -331,10 +347,21 @@ impl Channel {
                 break;
             }
             self.deadlines.pop();
-            if self.is_current_deadline(seq, deadline) {
-                self.stats.retransmitted += 1;
-                self.transmit_seq(seq, now);
+            if !self.is_current_deadline(seq, deadline) {
+                continue;
             }
+            // Acks still arriving mean the peer is slow, not that this message is lost
+            // (RFC 6298 §5.3: restart the timer on progress). A message overtaken by acks for
+            // later ones was already retransmitted by loss detection in `on_ack`.
+            let restarted = self.last_progress.map(|at| at + self.backoff_of(seq));
+            if let Some(restarted) = restarted
+                && restarted > now
+            {
+                self.reschedule(seq, restarted);
+                continue;
+            }
+            self.stats.retransmitted += 1;
+            self.transmit_seq(seq, now);
         }
     }
 
@@ -384,7 +411,12 @@ impl Channel {
 
     /// The current retransmission timeout.
     pub fn rto(&self) -> Duration {
-        self.rtt.rto()
+        self.rtt.rto().max(self.config.min_rto)
+    }
+
+    /// Incoming messages buffered ahead of a gap.
+    pub fn reorder_len(&self) -> usize {
+        self.reorder.len()
     }
 
     /// Counters since creation.
@@ -418,18 +450,33 @@ impl Channel {
 
     /// Writes message `seq` now and schedules its next retransmission.
     fn transmit_seq(&mut self, seq: i64, now: Instant) {
-        let rto = self.rtt.rto();
-        let max_backoff = self.config.max_backoff;
         let Some(out) = self.unacked.get_mut(&seq) else {
             return;
         };
         out.transmissions = out.transmissions.saturating_add(1);
         out.last_sent = Some(now);
-        let backoff = rto.saturating_mul(1 << out.transmissions.saturating_sub(1).min(16));
-        let deadline = now + backoff.min(max_backoff.max(rto));
-        out.deadline = Some(deadline);
         self.transmit.push_back(out.frame.clone());
-        self.deadlines.push(Reverse((deadline, seq)));
+        let deadline = now + self.backoff_of(seq);
+        self.reschedule(seq, deadline);
+    }
+
+    /// The retransmission interval of message `seq`: the RTO, doubled per retransmission,
+    /// capped at `max_backoff` (but never below the RTO).
+    fn backoff_of(&self, seq: i64) -> Duration {
+        let rto = self.rto();
+        let retransmissions = self
+            .unacked
+            .get(&seq)
+            .map_or(0, |out| out.transmissions.saturating_sub(1));
+        rto.saturating_mul(1 << retransmissions.min(16))
+            .min(self.config.max_backoff.max(rto))
+    }
+
+    fn reschedule(&mut self, seq: i64, deadline: Instant) {
+        if let Some(out) = self.unacked.get_mut(&seq) {
+            out.deadline = Some(deadline);
+            self.deadlines.push(Reverse((deadline, seq)));
+        }
     }
 
     fn retransmit_all(&mut self, now: Instant) {
@@ -462,15 +509,41 @@ impl Channel {
             .map_err(|err| FrameError::BadAck(err.to_string()))?;
         if let Some(out) = self.unacked.remove(&ack.sequence_number) {
             self.stats.acked += 1;
+            self.last_progress = Some(now);
             if out.transmissions == 1
                 && let Some(sent) = out.last_sent
             {
                 self.rtt.on_sample(now.saturating_duration_since(sent));
+                self.detect_losses(ack.sequence_number, sent, now);
             }
         }
         // An ack proves the peer is publishing again (the agent clears its pause the same way).
         self.unpause(now);
         Ok(())
+    }
+
+    /// Acks are selective: once a message sent clearly after an older unacked one is acked, the
+    /// older one is lost (RACK, RFC 8985) and is retransmitted now rather than at its timeout.
+    /// Only messages older than the acked one are candidates, so this walks the holes, not the
+    /// window.
+    fn detect_losses(&mut self, acked_seq: i64, acked_sent: Instant, now: Instant) {
+        if !self.can_transmit() {
+            return;
+        }
+        let reordering = REORDERING_WINDOW + self.rtt.rtt() / 4;
+        let lost: Vec<i64> = self
+            .unacked
+            .range(..acked_seq)
+            .filter(|(_, out)| {
+                out.last_sent
+                    .is_some_and(|sent| sent + reordering < acked_sent)
+            })
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in lost {
+            self.stats.retransmitted += 1;
+            self.transmit_seq(seq, now);
+        }
     }
 
     fn on_stream_data(&mut self, message: ClientMessage, now: Instant) {

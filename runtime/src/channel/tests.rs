@@ -103,7 +103,11 @@ fn send(channel: &mut Channel, payload: &'static [u8], now: Instant) -> i64 {
 
 #[test]
 fn sends_sequenced_input_and_forgets_it_once_acked() {
-    let (mut ch, t0) = client();
+    // The official 10 ms floor, to check the protocol's worked RTO example.
+    let (mut ch, t0) = channel(ChannelConfig {
+        min_rto: Duration::from_millis(10),
+        ..ChannelConfig::default()
+    });
     assert_eq!(send(&mut ch, b"a", t0), 0);
     assert_eq!(send(&mut ch, b"b", t0), 1);
     let frames = drain(&mut ch);
@@ -117,6 +121,11 @@ fn sends_sequenced_input_and_forgets_it_once_acked() {
     assert_eq!(ch.unacked(), 1);
     // Karn: one clean sample of 50 ms gives the protocol's worked RTO.
     assert_eq!(ch.rto(), Duration::from_micros(143_750));
+    // The default floor keeps a fast path from retransmitting every burst.
+    let (mut floored, t0) = client();
+    send(&mut floored, b"a", t0);
+    floored.handle_frame(ack(0), t0 + 2 * MS).expect("ack");
+    assert_eq!(floored.rto(), Duration::from_millis(200));
 }
 
 #[test]
@@ -129,27 +138,66 @@ fn every_expired_message_is_resent_not_only_the_head() {
     assert_eq!(ch.poll_timeout(), Some(t0 + 200 * MS));
     ch.handle_timeout(t0 + 199 * MS);
     assert!(drain(&mut ch).is_empty());
-    ch.handle_frame(ack(1), t0 + 199 * MS).expect("ack");
     ch.handle_timeout(t0 + 200 * MS);
     assert_eq!(
         seqs_of(&drain(&mut ch), MessageType::InputStreamData),
-        vec![0, 2]
+        vec![0, 1, 2]
     );
-    // Backoff doubles: the next resend is two RTOs later (the ack of 1 was an RTT sample).
-    let next = t0 + 200 * MS + 2 * ch.rto();
+    // Backoff doubles: the next resend is two RTOs later.
+    let next = t0 + 600 * MS;
     assert_eq!(ch.poll_timeout(), Some(next));
     ch.handle_timeout(next - MS);
     assert!(drain(&mut ch).is_empty());
     ch.handle_timeout(next);
     assert_eq!(
         seqs_of(&drain(&mut ch), MessageType::InputStreamData),
-        vec![0, 2]
+        vec![0, 1, 2]
     );
-    assert_eq!(ch.stats().retransmitted, 4);
+    assert_eq!(ch.stats().retransmitted, 6);
     // An ack for a retransmitted message is no RTT sample.
     let rto = ch.rto();
     ch.handle_frame(ack(0), next + MS).expect("ack");
     assert_eq!(ch.rto(), rto);
+}
+
+#[test]
+fn an_ack_for_a_later_message_retransmits_the_holes_at_once() {
+    let (mut ch, t0) = client();
+    send(&mut ch, b"a", t0);
+    send(&mut ch, b"b", t0 + 10 * MS);
+    send(&mut ch, b"c", t0 + 60 * MS);
+    send(&mut ch, b"d", t0 + 61 * MS);
+    drain(&mut ch);
+    // 2 was sent well after 0 and 1 (more than 10 ms + RTT/4): its ack proves them lost.
+    ch.handle_frame(ack(2), t0 + 65 * MS).expect("ack");
+    assert_eq!(
+        seqs_of(&drain(&mut ch), MessageType::InputStreamData),
+        vec![0, 1]
+    );
+    // Their retransmissions are newer than 3: its ack declares nothing lost.
+    ch.handle_frame(ack(3), t0 + 66 * MS).expect("ack");
+    assert!(drain(&mut ch).is_empty());
+}
+
+#[test]
+fn a_slow_but_working_peer_causes_no_spurious_retransmissions() {
+    let (mut ch, t0) = channel(ChannelConfig {
+        max_unacked: 64,
+        ..ChannelConfig::default()
+    });
+    for _ in 0..20 {
+        send(&mut ch, b"x", t0);
+    }
+    drain(&mut ch);
+    // The peer acks one message every 150 ms: the last ack comes 3 s after the burst, far past
+    // any single message's RTO, but progress never stops.
+    for seq in 0..20 {
+        let now = t0 + (seq as u32 + 1) * 150 * MS;
+        ch.handle_timeout(now - MS);
+        ch.handle_frame(ack(seq), now).expect("ack");
+    }
+    assert_eq!(ch.stats().retransmitted, 0);
+    assert_eq!(ch.unacked(), 0);
 }
 
 #[test]

@@ -4,11 +4,20 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod check;
+mod demo;
 mod emulator;
 mod frame;
+mod run;
 
-/// Exit status for a command that failed (bad input, or an unrecoverable error).
+use std::path::PathBuf;
+
+/// Exit status: an unrecoverable error at run time (a tunnel gave up, the demo lost bytes).
 pub(crate) const EXIT_FAILURE: u8 = 1;
+/// Exit status: invalid command line or policy file; nothing was started.
+pub(crate) const EXIT_USAGE: u8 = 2;
+/// Exit status: a local listener could not be bound (address in use, permission).
+pub(crate) const EXIT_BIND: u8 = 3;
 
 /// ssm-tether keeps AWS SSM port-forwarding tunnels alive for days.
 #[derive(Debug, Parser)]
@@ -19,7 +28,21 @@ pub(crate) struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 enum Command {
+    /// Run the tunnels of a policy file until SIGINT/SIGTERM.
+    Run {
+        /// The policy file (TOML), e.g. examples/tunnels.toml.
+        policy: PathBuf,
+    },
+    /// Validate a policy file without connecting; errors name file, line, field and value.
+    Check {
+        /// The policy file (TOML).
+        policy: PathBuf,
+    },
+    /// Watch a tunnel survive compressed hourly recycling, stale cells and a service-side
+    /// termination, against the built-in emulator (no AWS account needed).
+    Demo(demo::DemoArgs),
     /// Decode or encode SSM data-channel frames (ClientMessage), e.g. captured from a session.
     #[command(subcommand)]
     Frame(frame::FrameCommand),
@@ -30,7 +53,32 @@ enum Command {
 /// Runs the parsed command and returns the process exit status.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run { policy } => run::run(&policy),
+        Command::Check { policy } => check::run(&policy),
+        Command::Demo(args) => demo::run(args),
         Command::Frame(command) => frame::run(command),
         Command::Emulator(args) => emulator::run(args),
     }
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default (`info`).
+pub(crate) fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second initialisation (tests) is harmless.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves on SIGINT or SIGTERM with the signal's name.
+pub(crate) async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    })
 }

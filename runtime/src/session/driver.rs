@@ -32,6 +32,10 @@ use crate::transport::connect::{self, ClientIdentity, DataSocket};
 
 /// Outgoing smux bytes beyond which local sockets are no longer read.
 const OUTBOUND_HIGH_WATER: usize = 64 * 1024;
+/// Incoming messages held behind a gap beyond which local sockets are no longer read. The
+/// agent fills a gap at one message per 100 ms; meanwhile request/response traffic (the
+/// common case) is throttled at its source instead of piling up behind the gap.
+const REORDER_HIGH_WATER: usize = 2048;
 /// smux keepalive period of agents that keep it on (§6.2).
 const SMUX_KEEPALIVE: Duration = Duration::from_secs(10);
 /// How long shutdown waits for the TerminateSession flag and API call.
@@ -63,6 +67,8 @@ pub(super) struct Driver {
     restart_cause: Option<Cause>,
     /// The smux session broke (protocol error): the session must be replaced.
     mux_failed: Option<String>,
+    /// Whether a StartSession ever succeeded: every later one is a restart.
+    ever_started: bool,
 }
 
 struct Conn {
@@ -180,6 +186,7 @@ impl Driver {
             recovered: None,
             restart_cause: None,
             mux_failed: None,
+            ever_started: false,
         }
     }
 
@@ -312,7 +319,7 @@ impl Driver {
     fn on_op(&mut self, op: OpResult, now: Instant) -> Result<(), Stop> {
         match op {
             OpResult::Started(Ok(grant)) => {
-                let is_restart = self.session.is_some() || self.outage_is_restart();
+                let is_restart = std::mem::replace(&mut self.ever_started, true);
                 self.session = Some(Session::new(&grant, &self.config, now, is_restart));
                 self.emit(EventKind::SessionStarted {
                     session_id: grant.session_id.clone(),
@@ -532,13 +539,7 @@ impl Driver {
         };
         self.set_state(match tier {
             Tier::Resume => TunnelState::Resuming,
-            Tier::Restart
-                if self.session.is_none()
-                    && self.status.borrow().restarts == 0
-                    && self.recovered.is_none() =>
-            {
-                TunnelState::Starting
-            }
+            Tier::Restart if !self.ever_started => TunnelState::Starting,
             Tier::Restart => TunnelState::Restarting,
         });
         self.phase = Phase::Waiting {
@@ -578,9 +579,10 @@ impl Driver {
                 let target = self.config.target.clone();
                 let document = self.config.document_name.clone();
                 let parameters = self.config.parameters.clone();
+                let reason = self.config.reason.clone();
                 self.spawn_op(async move {
                     OpResult::Started(
-                        api.start_session(&target, &document, &parameters, Some("ssm-tether"))
+                        api.start_session(&target, &document, &parameters, reason.as_deref())
                             .await,
                     )
                 });
@@ -639,10 +641,6 @@ impl Driver {
                 s.longest_outage = s.longest_outage.max(duration);
             });
         }
-    }
-
-    fn outage_is_restart(&self) -> bool {
-        self.recovered.is_some() || self.status.borrow().restarts > 0
     }
 
     fn spawn_connect(&mut self, grant: SessionGrant) {
@@ -709,6 +707,15 @@ impl Driver {
                     tracing::debug!(tunnel = %self.config.name, "publication resumed");
                 }
             }
+        }
+        if let Some(session) = &self.session {
+            let stats = session.channel.stats();
+            let (retransmitted, duplicates) = (stats.retransmitted, stats.duplicates);
+            self.status.send_if_modified(|s| {
+                s.retransmitted = retransmitted;
+                s.duplicates_received = duplicates;
+                false
+            });
         }
         if let Some(detail) = self.mux_failed.take() {
             return self.disconnected(Cause::ProtocolError(detail), now);
@@ -958,6 +965,7 @@ impl Driver {
         self.session.as_ref().is_some_and(|s| {
             s.negotiated.is_some()
                 && s.channel.send_capacity() > 0
+                && s.channel.reorder_len() < REORDER_HIGH_WATER
                 && s.mux.outbound_len() < OUTBOUND_HIGH_WATER
                 && s.basic_out.len() < OUTBOUND_HIGH_WATER / MAX_STREAM_PAYLOAD
         })

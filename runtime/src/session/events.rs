@@ -169,4 +169,8 @@ pub struct TunnelStatus {
     pub connections: usize,
     /// Longest interruption so far.
     pub longest_outage: Duration,
+    /// Data-channel messages retransmitted by us (current session).
+    pub retransmitted: u64,
+    /// Duplicate messages received from the agent (current session).
+    pub duplicates_received: u64,
 }

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::aws::SsmApi;
 use crate::channel::ChannelConfig;
+use crate::policy::TunnelSpec;
 use crate::recovery::RecoverySettings;
 pub use events::{EventKind, TunnelEvent, TunnelState, TunnelStatus};
 
@@ -37,6 +38,8 @@ pub struct TunnelConfig {
     pub document_name: String,
     /// StartSession parameters (lists of strings).
     pub parameters: BTreeMap<String, Vec<String>>,
+    /// StartSession `Reason`, shown in the SSM console's session history.
+    pub reason: Option<String>,
     /// Local listen address; port 0 picks a free port.
     pub local: SocketAddr,
     /// WebSocket ping period.
@@ -52,6 +55,30 @@ pub struct TunnelConfig {
     /// Seeds the policy's jitter.
     pub seed: u64,
 }
+
+impl TunnelConfig {
+    /// The runtime configuration of a tunnel from the policy file.
+    pub fn from_spec(spec: &TunnelSpec, seed: u64) -> Self {
+        Self {
+            name: spec.name.clone(),
+            target: spec.target.clone(),
+            document_name: spec.document_name().to_owned(),
+            parameters: spec.parameters(),
+            reason: spec.reason.clone(),
+            local: spec.local,
+            ping_interval: spec.transport.ping_interval,
+            pong_timeout: spec.transport.pong_timeout,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            recovery: spec.recovery,
+            channel: ChannelConfig::default(),
+            seed,
+        }
+    }
+}
+
+/// Limit for one WebSocket upgrade (the official client's dialer allows 45 s; a healthy
+/// upgrade takes well under a second, and a stuck one is better retried).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Why a tunnel stopped on its own.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,136 @@
+//! `ssm-tether run POLICY.toml`: keep every tunnel of a policy file up until a signal.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use ssm_tether::aws::SsmApi;
+use ssm_tether::policy;
+use ssm_tether::session::{EventKind, Tunnel, TunnelConfig, TunnelError, TunnelEvent};
+use tokio::sync::broadcast;
+
+use super::{EXIT_BIND, EXIT_FAILURE, EXIT_USAGE};
+
+/// Loads the policy, starts every tunnel, and runs until SIGINT/SIGTERM (exit 0 after a clean
+/// TerminateSession of every session) or until a tunnel gives up (exit 1, the others stopped
+/// cleanly).
+pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    super::init_logging();
+    let policy = match policy::load(path) {
+        Ok(policy) => policy,
+        Err(err) => {
+            eprintln!("ssm-tether: {err}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let mut tunnels = Vec::new();
+        for (index, spec) in policy.tunnels.iter().enumerate() {
+            let config = TunnelConfig::from_spec(spec, rand_seed(index));
+            match Tunnel::start(config, SsmApi::new(spec.aws.clone())).await {
+                Ok(tunnel) => {
+                    tokio::spawn(log_events(tunnel.subscribe()));
+                    tracing::info!(tunnel = %spec.name, local = %tunnel.local_addr(), "listening");
+                    tunnels.push(tunnel);
+                }
+                Err(err) => {
+                    eprintln!("ssm-tether: {err}");
+                    stop_all(tunnels).await;
+                    return Ok(ExitCode::from(EXIT_BIND));
+                }
+            }
+        }
+        let outcome = tokio::select! {
+            signal = super::shutdown_signal() => Ok(signal?),
+            failed = first_failure(&mut tunnels) => Err(failed),
+        };
+        match outcome {
+            Ok(signal) => {
+                tracing::info!(signal, "stopping: terminating sessions");
+                stop_all(tunnels).await;
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(err) => {
+                eprintln!("ssm-tether: {err}");
+                stop_all(tunnels).await;
+                Ok(ExitCode::from(EXIT_FAILURE))
+            }
+        }
+    })
+}
+
+/// Waits until one tunnel stops on its own and returns why.
+async fn first_failure(tunnels: &mut [Tunnel]) -> TunnelError {
+    let waits = tunnels.iter_mut().map(|tunnel| Box::pin(tunnel.wait()));
+    let (result, _, _) = futures_util::future::select_all(waits).await;
+    result.err().unwrap_or_else(|| TunnelError::Internal {
+        name: "?".into(),
+        detail: "a tunnel stopped without an error".into(),
+    })
+}
+
+async fn stop_all(tunnels: Vec<Tunnel>) {
+    let stops = tunnels
+        .into_iter()
+        .filter(|t| !t.is_finished())
+        .map(Tunnel::shutdown);
+    for result in futures_util::future::join_all(stops).await {
+        if let Err(err) = result {
+            tracing::warn!(error = %err, "tunnel stopped with an error");
+        }
+    }
+}
+
+/// One log line per lifecycle event; per-frame detail stays at debug level in the driver.
+async fn log_events(mut events: broadcast::Receiver<TunnelEvent>) {
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let tunnel = event.tunnel;
+        match event.kind {
+            EventKind::SessionStarted { session_id } => {
+                tracing::info!(%tunnel, %session_id, "session started");
+            }
+            EventKind::AttemptFailed { cause, attempt } => {
+                tracing::warn!(%tunnel, %cause, attempt, "recovery attempt failed");
+            }
+            EventKind::Restarting {
+                cause,
+                attempt,
+                outage,
+            } => {
+                tracing::warn!(%tunnel, %cause, attempt, ?outage, "restarting the session");
+            }
+            EventKind::Restarted { session_id, outage } => {
+                tracing::info!(%tunnel, %session_id, ?outage, "restarted");
+            }
+            EventKind::GivingUp { reason } => tracing::error!(%tunnel, %reason, "giving up"),
+            EventKind::ConnectionOpened { id, peer } => {
+                tracing::debug!(%tunnel, id, %peer, "connection opened");
+            }
+            EventKind::ConnectionClosed {
+                id,
+                bytes_up,
+                bytes_down,
+                reason,
+            } => {
+                tracing::debug!(%tunnel, id, bytes_up, bytes_down, reason, "connection closed");
+            }
+            // Forwarding, disconnects, resumes and destination errors are logged by the driver.
+            _ => {}
+        }
+    }
+}
+
+/// Per-tunnel jitter seed: different across tunnels and runs, so a fleet does not retry in
+/// lockstep.
+fn rand_seed(index: usize) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    u64::from(nanos) ^ ((index as u64) << 32) ^ u64::from(std::process::id())
+}

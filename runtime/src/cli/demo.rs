@@ -20,7 +20,7 @@ use ssm_emulator::faults::SideSelection;
 use ssm_emulator::{Emulator, EmulatorConfig};
 use ssm_tether::aws::SsmApi;
 use ssm_tether::policy::{AwsSettings, RecoverySettings, TunnelSpec};
-use ssm_tether::session::{Tunnel, TunnelConfig, TunnelState, TunnelStatus};
+use ssm_tether::session::{Tunnel, TunnelConfig, TunnelStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -155,7 +155,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         if interactive {
             print!("\r{line}   ");
             let _ = std::io::stdout().flush();
-        } else if started.elapsed().as_secs() % 5 == 0 {
+        } else if started.elapsed().as_secs().is_multiple_of(5) {
             println!("{line}");
         }
     }
@@ -264,11 +264,21 @@ async fn stream(
         if let Err(in_flight) = one_connection(local, seed, &traffic, &stop).await {
             // The tunnel closes a connection only when its session is gone (a restart): its
             // in-flight bytes went with that session. Anything else is a loss.
-            let restart = {
-                let now = status.borrow();
-                now.restarts > restarts_before
-                    || matches!(now.state, TunnelState::Restarting | TunnelState::Starting)
-            };
+            // A restart closes its connections before the new session is up: give it time
+            // to complete before calling the close a loss.
+            let mut watch = status.clone();
+            let restart = tokio::time::timeout(Duration::from_secs(15), async {
+                loop {
+                    if watch.borrow_and_update().restarts > restarts_before {
+                        return;
+                    }
+                    if watch.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            })
+            .await
+            .is_ok();
             if restart {
                 traffic.interrupted.fetch_add(in_flight, Ordering::SeqCst);
                 traffic.reopened.fetch_add(1, Ordering::SeqCst);

@@ -162,7 +162,7 @@ impl Driver {
         let (local_tx, local_rx) = mpsc::channel(64);
         let (ops_tx, ops_rx) = mpsc::channel(8);
         Self {
-            policy: BuiltinPolicy::new(config.recovery.clone(), config.seed),
+            policy: BuiltinPolicy::new(config.recovery, config.seed),
             config,
             api,
             identity: ClientIdentity::default(),

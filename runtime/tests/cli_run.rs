@@ -1,0 +1,113 @@
+//! `ssm-tether check` and `ssm-tether run` as a user runs them, against the emulator.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ssm_emulator::events::Event;
+use support::{AwsFiles, echo_server, emulator};
+
+fn ssm_tether() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ssm-tether"))
+}
+
+#[test]
+fn check_reports_a_bad_file_with_location_and_exit_code_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tunnels.toml");
+    std::fs::write(
+        &path,
+        "[[tunnel]]\nname = \"db\"\ntarget = \"i-0123\"\nremote_port = 70000\n",
+    )
+    .expect("write");
+    let out = ssm_tether().arg("check").arg(&path).output().expect("runs");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tunnels.toml:4:15"), "{stderr}");
+    assert!(
+        stderr.contains("tunnel[0].remote_port") && stderr.contains("70000"),
+        "{stderr}"
+    );
+
+    let out = ssm_tether()
+        .arg("check")
+        .arg("examples/does-not-exist.toml")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[test]
+fn check_accepts_the_documented_example() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/tunnels.toml");
+    let out = ssm_tether()
+        .arg("check")
+        .arg(example)
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_forwards_and_sigterm_terminates_the_session_with_exit_0() {
+    let emulator = emulator(|_| {}).await;
+    let echo = echo_server().await;
+    let files = AwsFiles::new("AKIDRUN");
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
+        probe.local_addr().expect("addr").port()
+    };
+    let policy = files.dir.path().join("tunnels.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[defaults]\nregion = \"us-east-1\"\nprofile = \"test\"\nendpoint_url = \"{}\"\n\
+             aws_config_file = \"config\"\naws_credentials_file = \"credentials\"\n\n\
+             [[tunnel]]\nname = \"echo\"\ntarget = \"i-0123456789abcdef0\"\n\
+             remote_port = {echo}\nlocal = \"127.0.0.1:{port}\"\n",
+            emulator.endpoint_url()
+        ),
+    )
+    .expect("policy");
+    let mut child = ssm_tether()
+        .arg("run")
+        .arg(&policy)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let local = format!("127.0.0.1:{port}").parse().expect("addr");
+    let mut connected = None;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(local).await.is_ok() {
+            connected = Some(());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(connected.is_some(), "the listener came up");
+    let (sent, received) = support::echo_through(local, 5, 200_000).await;
+    assert_eq!(sent, received, "bytes through `ssm-tether run`");
+
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    assert!(status.is_ok_and(|s| s.success()), "SIGTERM sent");
+    let exit = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("waits");
+    assert_eq!(
+        exit.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&exit.stderr)
+    );
+    let terminated = emulator.events().snapshot().iter().any(|r| {
+        matches!(&r.event, Event::Api { operation, error: None, .. } if operation == "TerminateSession")
+    });
+    assert!(terminated, "TerminateSession reached the emulator");
+}

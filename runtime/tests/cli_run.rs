@@ -71,7 +71,7 @@ async fn run_forwards_and_sigterm_terminates_the_session_with_exit_0() {
         ),
     )
     .expect("policy");
-    let mut child = ssm_tether()
+    let child = ssm_tether()
         .arg("run")
         .arg(&policy)
         .stdout(Stdio::null())

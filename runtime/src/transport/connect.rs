@@ -1,13 +1,14 @@
 //! Opening a data-channel WebSocket: the (signed) upgrade, then the OpenDataChannel text frame
 //! before any binary frame (PROTOCOL.md §4.1, fixing §13 #10).
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
 use crate::protocol::payload::OpenDataChannel;
@@ -31,6 +32,39 @@ pub enum ConnectError {
     /// The OpenDataChannel frame could not be written.
     #[error("could not send the OpenDataChannel frame: {0}")]
     OpenFrame(String),
+    /// No trusted root certificate could be loaded for `wss://`.
+    #[error("no trusted root certificates for TLS: {0}")]
+    NoRootCertificates(String),
+}
+
+/// The TLS configuration for `wss://` data channels, built once: rustls with the *ring*
+/// provider chosen explicitly (the AWS SDK's HTTP client uses ring too, so no second crypto
+/// library is built and no process-wide default has to be installed), trusting the operating
+/// system's root certificates (corporate TLS-inspecting proxies install theirs there).
+fn tls_config() -> Result<Arc<rustls::ClientConfig>, ConnectError> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            let native = rustls_native_certs::load_native_certs();
+            let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+            if added == 0 {
+                let errors: Vec<String> = native.errors.iter().map(ToString::to_string).collect();
+                return Err(format!(
+                    "the system trust store is empty ({})",
+                    errors.join("; ")
+                ));
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map(|builder| {
+                    Arc::new(builder.with_root_certificates(roots).with_no_client_auth())
+                })
+                .map_err(|err| err.to_string())
+        })
+        .clone()
+        .map_err(ConnectError::NoRootCertificates)
 }
 
 /// Identity of this client process, fixed for its life (the official client's `ClientId`).
@@ -59,8 +93,20 @@ pub async fn open(
     identity: &ClientIdentity,
     timeout: Duration,
 ) -> Result<DataSocket, ConnectError> {
+    let request = request
+        .into_client_request()
+        .map_err(|err| ConnectError::Failed(err.to_string()))?;
+    let connector = match request.uri().scheme_str() {
+        Some("wss") => Connector::Rustls(tls_config()?),
+        _ => Connector::Plain,
+    };
     let config = WebSocketConfig::default();
-    let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    let connect = tokio_tungstenite::connect_async_tls_with_config(
+        request,
+        Some(config),
+        true,
+        Some(connector),
+    );
     let (mut socket, _response) = match tokio::time::timeout(timeout, connect).await {
         Err(_) => return Err(ConnectError::Timeout(timeout)),
         Ok(Err(tungstenite::Error::Http(response))) => {
@@ -83,5 +129,42 @@ pub async fn open(
         Err(_) => Err(ConnectError::Timeout(timeout)),
         Ok(Err(err)) => Err(ConnectError::OpenFrame(err.to_string())),
         Ok(Ok(())) => Ok(socket),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_is_available_for_wss() {
+        // The machine's trust store is what `wss://` data channels verify against.
+        let config = tls_config().expect("TLS config from the system roots");
+        assert!(
+            config.alpn_protocols.is_empty(),
+            "plain HTTP/1.1 upgrade, no ALPN"
+        );
+    }
+
+    #[tokio::test]
+    async fn wss_reaches_the_tls_layer() {
+        // Nothing listens on this port: the error must be a connection failure, not
+        // "TLS support not compiled in".
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let url = format!("wss://127.0.0.1:{port}/v1/data-channel/s?role=publish_subscribe");
+        let err = open(
+            url,
+            "token",
+            &ClientIdentity::default(),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect_err("nothing listens");
+        let text = err.to_string();
+        assert!(!text.contains("not compiled"), "{text}");
+        assert!(matches!(err, ConnectError::Failed(_)), "{text}");
     }
 }

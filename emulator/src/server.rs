@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::post;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -134,6 +135,11 @@ fn serve(listener: TcpListener, app: Router, service: &Service) -> JoinHandle<()
         let stop = async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         };
+        // Go (the real service's and agent's language) sets TCP_NODELAY on every connection;
+        // with Nagle on, each small frame waits for the peer's delayed ACK (~40 ms).
+        let listener = listener.tap_io(|stream| {
+            let _ = stream.set_nodelay(true);
+        });
         if let Err(err) = axum::serve(listener, app)
             .with_graceful_shutdown(stop)
             .await

@@ -161,7 +161,8 @@ impl Mgs {
             HeaderValue::from_static(DUMMY_AUTHORIZATION),
         );
         headers.insert("x-amz-date", HeaderValue::from_static(DUMMY_AMZ_DATE));
-        let (mut ws, _response) = tokio_tungstenite::connect_async(request)
+        // Go dials with TCP_NODELAY; so does the model (see the server's listener).
+        let (mut ws, _response) = tokio_tungstenite::connect_async_with_config(request, None, true)
             .await
             .map_err(|err| MgsError::WebSocket(ws_error_text(&err)))?;
         let open = OpenDataChannel {

@@ -200,6 +200,8 @@ pub(super) struct Core {
     dial_rx: mpsc::UnboundedReceiver<DialEvent>,
     dest_rx: mpsc::Receiver<DestEvent>,
     pace_at: Option<Instant>,
+    /// The pacing schedule: when the last paced message was due.
+    pace_due: Option<Instant>,
     smux_nop: Option<Interval>,
     smux_check: Option<Interval>,
 }
@@ -255,6 +257,7 @@ impl Core {
             dial_rx,
             dest_rx,
             pace_at: None,
+            pace_due: None,
             smux_nop: None,
             smux_check: None,
         }
@@ -634,7 +637,20 @@ impl Core {
             permit.send(frame);
         }
         if !self.cfg.pacing.is_zero() {
-            self.pace_at = Some(Instant::now() + self.cfg.pacing);
+            // The real agent sleeps 1 ms after each message, and Go's sleep is accurate to
+            // tens of microseconds. A tokio timer rounds up to the next millisecond tick, so
+            // sleeping "now + pacing" would halve the rate; keep an absolute schedule instead,
+            // with at most one interval of catch-up after a late wake-up or an idle spell.
+            let now = Instant::now();
+            let due = match self.pace_due {
+                Some(previous) => {
+                    let floor = now.checked_sub(self.cfg.pacing).unwrap_or(now);
+                    (previous + self.cfg.pacing).max(floor)
+                }
+                None => now + self.cfg.pacing,
+            };
+            self.pace_due = Some(due);
+            self.pace_at = Some(due);
             return;
         }
         for _ in 1..PUMP_BURST {

@@ -38,6 +38,10 @@ const OUTBOUND_HIGH_WATER: usize = 64 * 1024;
 const REORDER_HIGH_WATER: usize = 2048;
 /// smux keepalive period of agents that keep it on (§6.2).
 const SMUX_KEEPALIVE: Duration = Duration::from_secs(10);
+/// Accepted connections waiting for a forwarding session beyond which no more are accepted
+/// (the listener's backlog then holds, and refuses, the rest): during a long outage a client
+/// that reconnects in a loop must not exhaust memory or file descriptors.
+const MAX_WAITING: usize = 512;
 /// How long shutdown waits for the TerminateSession flag and API call.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -52,8 +56,14 @@ pub(super) struct Driver {
     local_tx: mpsc::Sender<LocalEvent>,
     local_rx: mpsc::Receiver<LocalEvent>,
     drained: Arc<Notify>,
-    ops_tx: mpsc::Sender<OpResult>,
-    ops_rx: mpsc::Receiver<OpResult>,
+    ops_tx: mpsc::Sender<(u64, OpResult)>,
+    ops_rx: mpsc::Receiver<(u64, OpResult)>,
+    /// Generation of the recovery plan: every decision starts a new one, and a result of an
+    /// operation spawned under an older one is stale (its plan was superseded while it ran).
+    epoch: u64,
+    /// StartSession calls spawned whose result has not come back: at shutdown, each may still
+    /// create a session that must be terminated.
+    starts_in_flight: usize,
     conns: HashMap<u64, Conn>,
     /// Accepted sockets not yet bound to a stream (no forwarding session, or basic mode busy).
     waiting: VecDeque<(u64, TcpStream)>,
@@ -140,13 +150,14 @@ enum Wake {
     Shutdown,
     Accepted(TcpStream, SocketAddr),
     Local(LocalEvent),
-    Op(OpResult),
+    Op(u64, OpResult),
     Socket(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
     Timer,
     Drained,
 }
 
 /// Why the main loop ends.
+#[derive(Debug)]
 enum Stop {
     GiveUp(String),
 }
@@ -174,6 +185,8 @@ impl Driver {
             drained: Arc::new(Notify::new()),
             ops_tx,
             ops_rx,
+            epoch: 0,
+            starts_in_flight: 0,
             conns: HashMap::new(),
             waiting: VecDeque::new(),
             next_conn: 0,
@@ -207,6 +220,7 @@ impl Driver {
         match result {
             Ok(()) => {
                 self.terminate().await;
+                self.reap_starts().await;
                 self.set_state(TunnelState::Stopped);
                 self.emit(EventKind::Stopped);
                 Ok(())
@@ -216,6 +230,7 @@ impl Driver {
                     reason: reason.clone(),
                 });
                 self.terminate().await;
+                self.reap_starts().await;
                 self.set_state(TunnelState::Stopped);
                 self.emit(EventKind::Stopped);
                 Err(TunnelError::GaveUp {
@@ -233,11 +248,12 @@ impl Driver {
             }
             let timer = self.next_timer();
             let take_local = self.can_take_local();
+            let take_accepted = self.waiting.len() < MAX_WAITING;
             let wake = tokio::select! {
                 _ = shutdown.changed() => Wake::Shutdown,
-                Some(op) = self.ops_rx.recv() => Wake::Op(op),
+                Some((epoch, op)) = self.ops_rx.recv() => Wake::Op(epoch, op),
                 message = recv_socket(&mut self.phase) => Wake::Socket(message),
-                Some((socket, peer)) = self.accept_rx.recv() => Wake::Accepted(socket, peer),
+                Some((socket, peer)) = self.accept_rx.recv(), if take_accepted => Wake::Accepted(socket, peer),
                 Some(event) = self.local_rx.recv(), if take_local => Wake::Local(event),
                 () = sleep_until(timer) => Wake::Timer,
                 () = self.drained.notified() => Wake::Drained,
@@ -247,13 +263,13 @@ impl Driver {
                 Wake::Shutdown => return Ok(()),
                 Wake::Accepted(socket, peer) => self.on_accept(socket, peer),
                 Wake::Local(event) => self.on_local(event, now),
-                Wake::Op(op) => self.on_op(op, now)?,
+                Wake::Op(epoch, op) => self.on_op(epoch, op, now)?,
                 Wake::Socket(message) => self.on_socket(message, now)?,
                 Wake::Timer => self.on_timer(now)?,
                 Wake::Drained => {}
             }
             self.process(now)?;
-            self.flush().await?;
+            self.flush(shutdown).await?;
         }
     }
 
@@ -265,7 +281,9 @@ impl Driver {
         self.emit(EventKind::ConnectionOpened { id, peer });
         self.waiting.push_back((id, socket));
         self.bind_waiting();
-        self.update_status(|_| {});
+        // bind_waiting counts only when a session is forwarding; waiting sockets count too.
+        let connections = self.conns.len() + self.waiting.len();
+        self.update_status(|s| s.connections = connections);
     }
 
     fn on_local(&mut self, event: LocalEvent, now: Instant) {
@@ -316,7 +334,22 @@ impl Driver {
         let _ = now;
     }
 
-    fn on_op(&mut self, op: OpResult, now: Instant) -> Result<(), Stop> {
+    fn on_op(&mut self, epoch: u64, op: OpResult, now: Instant) -> Result<(), Stop> {
+        if matches!(op, OpResult::Started(_)) {
+            self.starts_in_flight = self.starts_in_flight.saturating_sub(1);
+        }
+        if epoch != self.epoch {
+            // The plan this operation belonged to was superseded while it ran (e.g. a
+            // channel_closed surfaced during a resume and a restart began): acting on it would
+            // run two recoveries at once: a phase overwritten under an in-flight operation,
+            // a second StartSession replacing the first without closing its connections. A
+            // session it started is of no use to anyone: terminate it.
+            tracing::debug!(tunnel = %self.config.name, "stale operation result ignored");
+            if let OpResult::Started(Ok(grant)) = op {
+                self.terminate_in_background(grant.session_id);
+            }
+            return Ok(());
+        }
         match op {
             OpResult::Started(Ok(grant)) => {
                 let is_restart = std::mem::replace(&mut self.ever_started, true);
@@ -382,6 +415,12 @@ impl Driver {
         };
         session.channel.on_connected(now);
         let keepalive = matches!(session.mode(), Some(PortMode::Mux { keepalive: true }));
+        if keepalive {
+            // The agent's smux drops the whole session when a 30 s window passes without a
+            // frame, and its window kept running through the outage: a NOP now, not 10 s
+            // from now, gives an idle tunnel the widest margin after a long resume.
+            session.mux.keepalive();
+        }
         self.phase = Phase::Online(Box::new(Online {
             socket: *socket,
             last_rx: now,
@@ -531,6 +570,8 @@ impl Driver {
                 .map_or(Duration::ZERO, |s| now.saturating_duration_since(s.started)),
         };
         let decision = self.policy.decide(&context);
+        // A new plan: whatever the old one still has in flight is stale from now on.
+        self.epoch = self.epoch.wrapping_add(1);
         let (after, tier) = match decision {
             Decision::GiveUp { reason } => return Err(Stop::GiveUp(reason)),
             // Nothing to resume before the first session exists.
@@ -580,6 +621,7 @@ impl Driver {
                 let document = self.config.document_name.clone();
                 let parameters = self.config.parameters.clone();
                 let reason = self.config.reason.clone();
+                self.starts_in_flight += 1;
                 self.spawn_op(async move {
                     OpResult::Started(
                         api.start_session(&target, &document, &parameters, reason.as_deref())
@@ -604,10 +646,15 @@ impl Driver {
                 self.close_conn(id, conn, "session restarted");
             }
         }
+        self.terminate_in_background(old.id);
+    }
+
+    /// Tells the service to end a session nobody uses any more, best effort.
+    fn terminate_in_background(&self, session_id: String) {
         let api = self.api.clone();
         tokio::spawn(async move {
-            if let Err(err) = api.terminate_session(&old.id).await {
-                tracing::debug!(error = %err, "terminating the replaced session failed");
+            if let Err(err) = api.terminate_session(&session_id).await {
+                tracing::debug!(error = %err, "terminating a replaced session failed");
             }
         });
     }
@@ -668,8 +715,9 @@ impl Driver {
 
     fn spawn_op(&self, op: impl Future<Output = OpResult> + Send + 'static) {
         let ops = self.ops_tx.clone();
+        let epoch = self.epoch;
         tokio::spawn(async move {
-            let _ = ops.send(op.await).await;
+            let _ = ops.send((epoch, op.await)).await;
         });
     }
 
@@ -887,7 +935,7 @@ impl Driver {
     }
 
     /// Writes what the channel wants sent.
-    async fn flush(&mut self) -> Result<(), Stop> {
+    async fn flush(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<(), Stop> {
         let Phase::Online(online) = &mut self.phase else {
             return Ok(());
         };
@@ -915,7 +963,13 @@ impl Driver {
         };
         // A peer that stops reading (black hole) must not wedge the driver: a write that
         // cannot complete within the pong timeout is a dead socket.
-        let cause = match tokio::time::timeout(self.config.pong_timeout, write).await {
+        let written = tokio::select! {
+            written = tokio::time::timeout(self.config.pong_timeout, write) => written,
+            // Shutdown must not wait out the pong timeout behind a stuck write: the frames
+            // stay unacknowledged in the channel, and the main loop sees the change at once.
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let cause = match written {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(err)) => Cause::TransportError(err.to_string()),
             Err(_) => Cause::PingTimeout,
@@ -1057,6 +1111,44 @@ impl Driver {
     }
 }
 
+impl Driver {
+    /// At shutdown: a StartSession still in flight may yet create a session, which would live
+    /// on at the service (and keep an agent busy) until its idle timeout. Wait for each, within
+    /// the grace period, and terminate what they started.
+    async fn reap_starts(&mut self) {
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        while self.starts_in_flight > 0 {
+            let Ok(Some((_, op))) = tokio::time::timeout_at(deadline, self.ops_rx.recv()).await
+            else {
+                tracing::warn!(tunnel = %self.config.name, "a StartSession in flight at shutdown did not answer in time");
+                return;
+            };
+            let OpResult::Started(result) = op else {
+                continue;
+            };
+            self.starts_in_flight -= 1;
+            if let Ok(grant) = result {
+                match tokio::time::timeout_at(
+                    deadline + SHUTDOWN_GRACE,
+                    self.api.terminate_session(&grant.session_id),
+                )
+                .await
+                {
+                    Ok(Ok(())) => {
+                        tracing::info!(tunnel = %self.config.name, session_id = %grant.session_id, "session started during shutdown terminated");
+                    }
+                    Ok(Err(err)) => {
+                        tracing::warn!(tunnel = %self.config.name, error = %err, "TerminateSession failed");
+                    }
+                    Err(_) => {
+                        tracing::warn!(tunnel = %self.config.name, "TerminateSession timed out")
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Session {
     fn new(grant: &SessionGrant, config: &TunnelConfig, now: Instant, is_restart: bool) -> Self {
         let unix_ms = SystemTime::now()
@@ -1116,5 +1208,122 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::channel::ChannelConfig;
+    use crate::policy::AwsSettings;
+    use crate::recovery::RecoverySettings;
+
+    /// A driver whose API calls fail at once (nothing listens on the endpoint, no credentials).
+    fn driver() -> (Driver, mpsc::Sender<(TcpStream, SocketAddr)>) {
+        let dir = std::env::temp_dir().join("ssm-tether-driver-tests-no-such-dir");
+        let api = SsmApi::new(AwsSettings {
+            region: Some("us-east-1".into()),
+            profile: Some("none".into()),
+            endpoint_url: Some("http://127.0.0.1:1".into()),
+            config_file: Some(dir.join("config")),
+            credentials_file: Some(dir.join("credentials")),
+        });
+        let config = TunnelConfig {
+            name: "unit".into(),
+            target: "i-0123456789abcdef0".into(),
+            document_name: "AWS-StartPortForwardingSession".into(),
+            parameters: BTreeMap::new(),
+            reason: None,
+            local: "127.0.0.1:0".parse().expect("addr"),
+            ping_interval: Duration::from_secs(1),
+            pong_timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            recovery: RecoverySettings {
+                base_delay: Duration::from_millis(10),
+                max_delay: Duration::from_millis(100),
+                ..RecoverySettings::default()
+            },
+            channel: ChannelConfig::default(),
+            seed: 1,
+        };
+        let (events, _) = broadcast::channel(64);
+        let (status, _) = watch::channel(TunnelStatus::default());
+        let (accept_tx, accept_rx) = mpsc::channel(1);
+        (
+            Driver::new(config, api, events, status, accept_rx),
+            accept_tx,
+        )
+    }
+
+    fn grant(id: &str) -> SessionGrant {
+        SessionGrant {
+            session_id: id.into(),
+            token_value: "token".into(),
+            stream_url: format!("ws://127.0.0.1:1/v1/data-channel/{id}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resume_answer_arriving_after_a_restart_began_is_ignored() {
+        let (mut driver, _accept) = driver();
+        let t0 = Instant::now();
+        driver.session = Some(Session::new(&grant("s-old"), &driver.config, t0, false));
+        driver.ever_started = true;
+        // The socket failed: the policy resumes after a short backoff.
+        driver
+            .disconnected(Cause::TransportError("reset".into()), t0)
+            .expect("a decision");
+        let later = t0 + Duration::from_secs(1);
+        driver.on_timer(later).expect("resume begins");
+        assert!(matches!(driver.phase, Phase::Busy));
+        let (epoch, resumed) = tokio::time::timeout(Duration::from_secs(20), driver.ops_rx.recv())
+            .await
+            .expect("the resume answers")
+            .expect("an answer");
+        assert!(matches!(resumed, OpResult::Resumed(_)));
+        // While it was in flight, a channel_closed held back behind a slow local reader
+        // surfaced: the session is gone, a restart begins.
+        driver
+            .disconnected(Cause::SessionGone("channel_closed".into()), later)
+            .expect("a decision");
+        driver.on_timer(later).expect("restart begins");
+        assert!(driver.session.is_none(), "the old session was dropped");
+        assert!(
+            matches!(driver.phase, Phase::Busy),
+            "StartSession in flight"
+        );
+        assert_eq!(driver.starts_in_flight, 1);
+        // The resume's late answer must not start a second recovery beside the restart: that
+        // would overwrite the phase under the in-flight StartSession and start another one.
+        driver
+            .on_op(epoch, resumed, later)
+            .expect("the late answer is handled");
+        assert!(
+            matches!(driver.phase, Phase::Busy),
+            "the in-flight restart is still the only plan"
+        );
+        assert!(driver.outage.as_ref().is_some_and(|o| o.attempt == 0));
+    }
+
+    #[tokio::test]
+    async fn a_session_started_for_a_superseded_plan_is_not_adopted() {
+        let (mut driver, _accept) = driver();
+        let t0 = Instant::now();
+        driver.on_timer(t0).expect("the first StartSession begins");
+        let stale_epoch = driver.epoch;
+        // Say the plan changed meanwhile (any decision does that).
+        driver
+            .failed(Cause::StartFailed("elsewhere".into()), t0)
+            .expect("a decision");
+        driver
+            .on_op(stale_epoch, OpResult::Started(Ok(grant("s-late"))), t0)
+            .expect("handled");
+        assert!(
+            driver.session.is_none(),
+            "the stale session was not adopted"
+        );
+        assert_eq!(driver.starts_in_flight, 0);
     }
 }

@@ -288,3 +288,43 @@ pub async fn wait_event(
     .await
     .unwrap_or_else(|_| panic!("no {what} within {timeout:?}"))
 }
+
+/// A TCP proxy in front of an HTTP endpoint (`http://host:port`) that holds every chunk of
+/// every response for `delay`: a slow SSM endpoint, so that a test can act while an API call
+/// is in flight (the service has acted on it, the client does not know yet). Returns the
+/// proxy's URL.
+pub async fn slow_api_proxy(upstream: String, delay: Duration) -> String {
+    let upstream = upstream
+        .strip_prefix("http://")
+        .expect("an http:// endpoint")
+        .to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                });
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    let n = match server_read.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    tokio::time::sleep(delay).await;
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}

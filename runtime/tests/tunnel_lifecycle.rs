@@ -1,0 +1,85 @@
+//! Tunnel lifecycle edges found in review: shutdown while an API call is in flight, and bounded
+//! waiting connections while no session forwards. End to end against the emulator.
+
+mod support;
+
+use std::time::Duration;
+
+use ssm_emulator::events::Event;
+use support::Rig;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_while_start_session_is_in_flight_terminates_the_session_it_started() {
+    let emulator = support::emulator(|_| {}).await;
+    let port = support::echo_server().await;
+    let files = support::AwsFiles::new("AKIDTEST0001");
+    let endpoint =
+        support::slow_api_proxy(emulator.endpoint_url(), Duration::from_millis(1500)).await;
+    let events = emulator.events().clone();
+    let tunnel =
+        ssm_tether::session::Tunnel::start(support::tunnel_config(port), files.api(endpoint))
+            .await
+            .expect("tunnel");
+    // The service has created the session; its answer is still on the way to the client.
+    let started = events
+        .wait_for(Duration::from_secs(10), |e| {
+            matches!(e, Event::Api { operation, error: None, .. } if operation == "StartSession")
+        })
+        .await
+        .expect("StartSession reached the service");
+    let Event::Api {
+        session_id: Some(session_id),
+        ..
+    } = &started.event
+    else {
+        panic!("StartSession names its session: {:?}", started.event)
+    };
+    tokio::time::timeout(Duration::from_secs(15), tunnel.shutdown())
+        .await
+        .expect("shutdown is bounded")
+        .expect("clean shutdown");
+    let terminated = events
+        .wait_for(Duration::from_secs(5), |e| {
+            matches!(e, Event::Api { operation, error: None, session_id: Some(id), .. }
+                if operation == "TerminateSession" && id == session_id)
+        })
+        .await;
+    assert!(
+        terminated.is_some(),
+        "the session started while shutting down was terminated, not left to time out"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_waiting_for_a_session_are_bounded() {
+    // No agent: the session never completes its handshake, so every connection waits.
+    let rig = Rig::start(|config| config.agent.enabled = false).await;
+    let mut status = rig.tunnel.status();
+    let mut clients = Vec::new();
+    for _ in 0..600 {
+        clients.push(
+            tokio::net::TcpStream::connect(rig.local())
+                .await
+                .expect("the kernel completes the connection"),
+        );
+    }
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| s.connections >= 512),
+    )
+    .await
+    .expect("connections are taken while they fit")
+    .expect("status");
+    // Give the acceptor every chance to take more than it should.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let waiting = rig.tunnel.status().borrow().connections;
+    assert_eq!(
+        waiting, 512,
+        "accepted connections waiting for a session are capped"
+    );
+    tokio::time::timeout(Duration::from_secs(15), rig.tunnel.shutdown())
+        .await
+        .expect("shutdown is bounded")
+        .expect("clean shutdown");
+    drop(clients);
+}

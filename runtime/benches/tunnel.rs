@@ -68,6 +68,7 @@ fn tunnel_config(name: &str, destination: u16) -> TunnelConfig {
         ping_interval: Duration::from_secs(20),
         pong_timeout: Duration::from_secs(30),
         connect_timeout: Duration::from_secs(10),
+        handshake_timeout: Duration::from_secs(30),
         recovery: RecoverySettings::default(),
         channel: ChannelConfig::default(),
         seed: 1,

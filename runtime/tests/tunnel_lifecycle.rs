@@ -83,3 +83,27 @@ async fn connections_waiting_for_a_session_are_bounded() {
         .expect("clean shutdown");
     drop(clients);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_agent_never_handshakes_is_replaced() {
+    // No agent model: the service accepts the client, but no HandshakeRequest ever comes.
+    let rig = support::Rig::start_with(
+        |config| config.agent.enabled = false,
+        |tunnel| tunnel.handshake_timeout = Duration::from_secs(1),
+    )
+    .await;
+    let mut events = rig.tunnel.subscribe();
+    let cause = support::wait_event(&mut events, Duration::from_secs(15), "Disconnected", |e| {
+        matches!(e, ssm_tether::session::EventKind::Disconnected { .. })
+    })
+    .await;
+    let ssm_tether::session::EventKind::Disconnected { cause } = cause else {
+        unreachable!("matched above");
+    };
+    assert_eq!(cause.kind(), "handshake_failed", "{cause}");
+    support::wait_event(&mut events, Duration::from_secs(15), "Restarting", |e| {
+        matches!(e, ssm_tether::session::EventKind::Restarting { .. })
+    })
+    .await;
+    rig.tunnel.shutdown().await.expect("clean shutdown");
+}

@@ -121,6 +121,9 @@ struct Online {
     last_rx: Instant,
     next_ping: Instant,
     next_nop: Option<Instant>,
+    /// A new session's handshake must complete by then (the agent sends its request as soon
+    /// as both sides are connected; the official client waits forever, §5).
+    handshake_deadline: Option<Instant>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -427,6 +430,10 @@ impl Driver {
             // Ping at once, like the official client: it proves the path immediately.
             next_ping: now,
             next_nop: keepalive.then(|| now + SMUX_KEEPALIVE),
+            handshake_deadline: session
+                .negotiated
+                .is_none()
+                .then(|| now + self.config.handshake_timeout),
         }));
         let session_id = session.id.clone();
         let forwarding = session.negotiated.is_some();
@@ -492,6 +499,21 @@ impl Driver {
             Phase::Online(online) => {
                 if now.saturating_duration_since(online.last_rx) >= self.config.pong_timeout {
                     return self.disconnected(Cause::PingTimeout, now);
+                }
+                let negotiated = self
+                    .session
+                    .as_ref()
+                    .is_some_and(|s| s.negotiated.is_some());
+                if let Some(deadline) = online.handshake_deadline {
+                    if negotiated {
+                        online.handshake_deadline = None;
+                    } else if deadline <= now {
+                        let detail = format!(
+                            "no handshake from the agent within {:?}",
+                            self.config.handshake_timeout
+                        );
+                        return self.disconnected(Cause::HandshakeFailed(detail), now);
+                    }
                 }
                 if let Some(nop) = online.next_nop
                     && nop <= now
@@ -1036,6 +1058,7 @@ impl Driver {
                 Some(online.next_ping),
                 Some(online.last_rx + self.config.pong_timeout),
                 online.next_nop,
+                online.handshake_deadline,
             ]
             .into_iter()
             .flatten()
@@ -1084,11 +1107,27 @@ impl Driver {
                 .is_ok()
         {
             let socket = &mut online.socket;
-            let frames: Vec<Bytes> =
-                std::iter::from_fn(|| session.channel.poll_transmit()).collect();
+            let channel = &mut session.channel;
+            // Wait (bounded) for the agent to acknowledge the flag, so that it has ended the
+            // session itself before the TerminateSession call makes the service close its
+            // socket; acks for whatever still arrives are sent meanwhile.
             let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
-                for frame in frames {
-                    socket.feed(Message::Binary(frame)).await?;
+                loop {
+                    while let Some(frame) = channel.poll_transmit() {
+                        socket.feed(Message::Binary(frame)).await?;
+                    }
+                    socket.flush().await?;
+                    if channel.unacked() == 0 {
+                        break;
+                    }
+                    match socket.next().await {
+                        Some(Ok(Message::Binary(frame))) => {
+                            let _ = channel.handle_frame(frame, Instant::now());
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(err)) => return Err(err),
+                        None => break,
+                    }
                 }
                 SinkExt::close(socket).await
             })
@@ -1240,6 +1279,7 @@ mod tests {
             ping_interval: Duration::from_secs(1),
             pong_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(30),
             recovery: RecoverySettings {
                 base_delay: Duration::from_millis(10),
                 max_delay: Duration::from_millis(100),

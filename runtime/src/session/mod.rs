@@ -48,6 +48,10 @@ pub struct TunnelConfig {
     pub pong_timeout: Duration,
     /// Limit for one WebSocket upgrade.
     pub connect_timeout: Duration,
+    /// How long a new session may take from its socket opening to HandshakeComplete before it
+    /// is replaced (the agent gives the client 15 s to answer; the official client waits
+    /// forever).
+    pub handshake_timeout: Duration,
     /// The built-in recovery policy's settings.
     pub recovery: RecoverySettings,
     /// Reliable channel limits.
@@ -69,6 +73,7 @@ impl TunnelConfig {
             ping_interval: spec.transport.ping_interval,
             pong_timeout: spec.transport.pong_timeout,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             recovery: spec.recovery,
             channel: ChannelConfig::default(),
             seed,
@@ -79,6 +84,9 @@ impl TunnelConfig {
 /// Limit for one WebSocket upgrade (the official client's dialer allows 45 s; a healthy
 /// upgrade takes well under a second, and a stuck one is better retried).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Default [`TunnelConfig::handshake_timeout`].
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a tunnel stopped on its own.
 #[derive(Debug, thiserror::Error)]

@@ -98,6 +98,7 @@ pub fn tunnel_config(destination_port: u16) -> TunnelConfig {
         ping_interval: Duration::from_millis(500),
         pong_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_secs(5),
+        handshake_timeout: Duration::from_secs(30),
         recovery: RecoverySettings {
             base_delay: Duration::from_millis(50),
             max_delay: Duration::from_secs(1),

@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 /// Largest single read from a local socket. smux splits it into 32 KiB frames at most and the
@@ -19,6 +20,10 @@ const READ_SIZE: usize = 16 * 1024;
 /// channel (the peer then resends): per-connection memory stays bounded when the local
 /// application reads slowly.
 pub(crate) const WRITE_HIGH_WATER: usize = 1024 * 1024;
+
+/// How long a closed connection's queued bytes may take to reach a local application that
+/// has stopped reading.
+const CLOSE_DRAIN: Duration = Duration::from_secs(30);
 
 /// What a reader task reports.
 #[derive(Debug)]
@@ -33,6 +38,9 @@ pub(crate) enum LocalEvent {
 #[derive(Debug)]
 pub(crate) struct LocalConn {
     writer: Option<mpsc::UnboundedSender<Bytes>>,
+    /// Dropped when the driver lets go of the connection: from then on the writer task has
+    /// [`CLOSE_DRAIN`] to hand over what is queued.
+    _alive: oneshot::Sender<()>,
     queued: Arc<AtomicUsize>,
     reader: JoinHandle<()>,
     pub(crate) bytes_up: u64,
@@ -53,9 +61,11 @@ impl LocalConn {
         let reader = tokio::spawn(read_loop(id, read, events));
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(write_loop(write, rx, queued.clone(), drained));
+        let (alive, released) = oneshot::channel();
+        tokio::spawn(write_loop(write, rx, queued.clone(), drained, released));
         Self {
             writer: Some(tx),
+            _alive: alive,
             queued,
             reader,
             bytes_up: 0,
@@ -120,9 +130,20 @@ async fn write_loop(
     mut rx: mpsc::UnboundedReceiver<Bytes>,
     queued: Arc<AtomicUsize>,
     drained: Arc<Notify>,
+    released: oneshot::Receiver<()>,
 ) {
+    // Once the driver has let go, an application that never reads again must not pin this task
+    // and its queue forever.
+    let give_up = async {
+        let _ = released.await;
+        tokio::time::sleep(CLOSE_DRAIN).await;
+    };
+    tokio::pin!(give_up);
     while let Some(data) = rx.recv().await {
-        let failed = write.write_all(&data).await.is_err();
+        let failed = tokio::select! {
+            result = write.write_all(&data) => result.is_err(),
+            () = &mut give_up => true,
+        };
         let before = queued.fetch_sub(data.len(), Ordering::Relaxed);
         if before > WRITE_HIGH_WATER && before - data.len() <= WRITE_HIGH_WATER {
             drained.notify_one();

@@ -107,3 +107,33 @@ async fn a_session_whose_agent_never_handshakes_is_replaced() {
     .await;
     rig.tunnel.shutdown().await.expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tunnel_to_a_keepalive_agent_outlives_the_smux_timeout() {
+    // Agents up to 3.1.1511.0 keep smux keepalive on and drop every stream when a 30 s check
+    // window passes without a frame (§6.1, up to 60 s): the client must send NOPs, or an
+    // idle connection dies.
+    let rig = Rig::start(|config| config.agent.version = "3.1.1000.0".into()).await;
+    let mut socket = tokio::net::TcpStream::connect(rig.local())
+        .await
+        .expect("connect");
+    let mut byte = [0u8; 1];
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    socket.write_all(b"a").await.expect("write");
+    socket
+        .read_exact(&mut byte)
+        .await
+        .expect("echo before idling");
+    tokio::time::sleep(Duration::from_secs(65)).await;
+    socket.write_all(b"b").await.expect("write after idling");
+    let echoed = tokio::time::timeout(Duration::from_secs(10), socket.read_exact(&mut byte)).await;
+    assert!(
+        matches!(echoed, Ok(Ok(_))),
+        "the idle connection survived: {echoed:?}"
+    );
+    assert_eq!(&byte, b"b");
+    let smux_deaths = rig.emulator.events().counter("agent.smux_closed");
+    assert_eq!(smux_deaths, 0, "the agent's smux session never timed out");
+    assert_eq!(rig.tunnel.status().borrow().restarts, 0);
+    rig.tunnel.shutdown().await.expect("clean shutdown");
+}

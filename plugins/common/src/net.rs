@@ -282,6 +282,70 @@ impl Conn for FakeTunnel {
     }
 }
 
+/// Expands, inside a health-check plugin, the glue between the bindings `wit_bindgen`
+/// generated in that crate (`ssm_tether::plugin::tunnel_tcp`, `ssm_tether::plugin::types`)
+/// and this module's bindings-free [`Tunnel`] / [`Conn`] traits: `net_error`, `probe_outcome`,
+/// a `HostTunnel` and `Conn` for the connection resource. Each plugin generates its own
+/// binding types, so the glue cannot be a shared function; a macro keeps it in one place.
+#[macro_export]
+macro_rules! tunnel_tcp_glue {
+    () => {
+        fn net_error(err: ssm_tether::plugin::tunnel_tcp::TcpError) -> $crate::net::NetError {
+            use ssm_tether::plugin::tunnel_tcp::TcpError;
+            use $crate::net::NetError;
+            match err {
+                TcpError::Denied(grant) => NetError::Denied(grant),
+                TcpError::TunnelDown => NetError::TunnelDown,
+                TcpError::Unreachable(detail) => NetError::Unreachable(detail),
+                TcpError::Timeout => NetError::Timeout,
+                TcpError::Closed => NetError::Closed,
+                TcpError::InvalidArgument(what) => NetError::InvalidArgument(what),
+                TcpError::Other(detail) => NetError::Other(detail),
+            }
+        }
+
+        fn probe_outcome(outcome: $crate::net::Outcome) -> ssm_tether::plugin::types::ProbeOutcome {
+            use ssm_tether::plugin::types::ProbeOutcome;
+            use $crate::net::Outcome;
+            match outcome {
+                Outcome::Healthy => ProbeOutcome::Healthy,
+                Outcome::Degraded(reason) => ProbeOutcome::Degraded(reason),
+                Outcome::Unhealthy(reason) => ProbeOutcome::Unhealthy(reason),
+            }
+        }
+
+        struct HostTunnel;
+
+        impl $crate::net::Tunnel for HostTunnel {
+            type Conn = ssm_tether::plugin::tunnel_tcp::Connection;
+
+            fn connect(&mut self, timeout_ms: u32) -> Result<Self::Conn, $crate::net::NetError> {
+                ssm_tether::plugin::tunnel_tcp::connect(timeout_ms).map_err(net_error)
+            }
+        }
+
+        impl $crate::net::Conn for ssm_tether::plugin::tunnel_tcp::Connection {
+            fn write(&mut self, data: &[u8], timeout_ms: u32) -> Result<(), $crate::net::NetError> {
+                ssm_tether::plugin::tunnel_tcp::Connection::write(self, data, timeout_ms)
+                    .map_err(net_error)
+            }
+
+            fn read(
+                &mut self,
+                max: u32,
+                timeout_ms: u32,
+            ) -> Result<Vec<u8>, $crate::net::NetError> {
+                ssm_tether::plugin::tunnel_tcp::Connection::read(self, max, timeout_ms)
+                    .map_err(net_error)
+            }
+
+            fn close(&mut self) {
+                ssm_tether::plugin::tunnel_tcp::Connection::close(self);
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

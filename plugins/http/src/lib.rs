@@ -335,52 +335,10 @@ fn exchange(
 use exports::ssm_tether::plugin::health::Guest as HealthGuest;
 use exports::ssm_tether::plugin::plugin::Guest as PluginGuest;
 use ssm_tether::plugin::host::log;
-use ssm_tether::plugin::tunnel_tcp::{self, TcpError};
 use ssm_tether::plugin::types::{LogLevel, PluginInfo, ProbeContext, ProbeOutcome};
 
-fn net_error(err: TcpError) -> NetError {
-    match err {
-        TcpError::Denied(grant) => NetError::Denied(grant),
-        TcpError::TunnelDown => NetError::TunnelDown,
-        TcpError::Unreachable(detail) => NetError::Unreachable(detail),
-        TcpError::Timeout => NetError::Timeout,
-        TcpError::Closed => NetError::Closed,
-        TcpError::InvalidArgument(what) => NetError::InvalidArgument(what),
-        TcpError::Other(detail) => NetError::Other(detail),
-    }
-}
-
-fn probe_outcome(outcome: Outcome) -> ProbeOutcome {
-    match outcome {
-        Outcome::Healthy => ProbeOutcome::Healthy,
-        Outcome::Degraded(reason) => ProbeOutcome::Degraded(reason),
-        Outcome::Unhealthy(reason) => ProbeOutcome::Unhealthy(reason),
-    }
-}
-
-struct HostTunnel;
-
-impl Tunnel for HostTunnel {
-    type Conn = tunnel_tcp::Connection;
-
-    fn connect(&mut self, timeout_ms: u32) -> Result<Self::Conn, NetError> {
-        tunnel_tcp::connect(timeout_ms).map_err(net_error)
-    }
-}
-
-impl Conn for tunnel_tcp::Connection {
-    fn write(&mut self, data: &[u8], timeout_ms: u32) -> Result<(), NetError> {
-        tunnel_tcp::Connection::write(self, data, timeout_ms).map_err(net_error)
-    }
-
-    fn read(&mut self, max: u32, timeout_ms: u32) -> Result<Vec<u8>, NetError> {
-        tunnel_tcp::Connection::read(self, max, timeout_ms).map_err(net_error)
-    }
-
-    fn close(&mut self) {
-        tunnel_tcp::Connection::close(self);
-    }
-}
+// net_error, probe_outcome, HostTunnel, and `Conn` for the generated connection resource.
+plugin_common::tunnel_tcp_glue!();
 
 thread_local! {
     static SETTINGS: RefCell<Settings> = RefCell::new(Settings::default());

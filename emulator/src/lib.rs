@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod destination;
 pub mod documents;
 pub mod events;
 pub mod faults;

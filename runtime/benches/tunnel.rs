@@ -90,11 +90,10 @@ async fn wait_forwarding(tunnel: &Tunnel) {
 
 /// A destination that echoes.
 async fn echo_server() -> u16 {
-    serve(|mut socket| async move {
-        let (mut read, mut write) = socket.split();
-        let _ = tokio::io::copy(&mut read, &mut write).await;
-    })
-    .await
+    ssm_emulator::destination::echo_server()
+        .await
+        .unwrap()
+        .port()
 }
 
 async fn serve<F, Fut>(handler: F) -> u16

@@ -300,17 +300,10 @@ impl Peer {
 }
 
 async fn echo_server() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut rd, mut wr) = socket.split();
-                let _ = tokio::io::copy(&mut rd, &mut wr).await;
-            });
-        }
-    });
-    port
+    crate::destination::echo_server()
+        .await
+        .expect("bind echo")
+        .port()
 }
 
 fn config(fake: &FakeMgs, events: &EventLog, port: u16, kind: Option<&str>) -> AgentConfig {

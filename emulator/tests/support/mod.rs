@@ -531,19 +531,10 @@ pub fn control_message(kind: MessageType, payload: Bytes) -> ClientMessage {
 
 /// A TCP echo server on loopback; returns its port.
 pub async fn echo_server() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    ssm_emulator::destination::echo_server()
         .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut read, mut write) = socket.split();
-                let _ = tokio::io::copy(&mut read, &mut write).await;
-            });
-        }
-    });
-    port
+        .expect("bind echo")
+        .port()
 }
 
 /// A port with nothing listening.

@@ -22,7 +22,7 @@ use ssm_tether::aws::SsmApi;
 use ssm_tether::policy::{AwsSettings, RecoverySettings, TunnelSpec};
 use ssm_tether::session::{Tunnel, TunnelConfig, TunnelStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use super::EXIT_FAILURE;
 
@@ -74,7 +74,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let emulator = Emulator::start(config)
         .await
         .context("cannot start the emulator")?;
-    let echo = echo_server()
+    let echo = ssm_emulator::destination::echo_server()
         .await
         .context("cannot start the echo server")?;
 
@@ -224,20 +224,6 @@ fn megabytes(bytes: u64) -> String {
 
 fn round(duration: Duration) -> Duration {
     Duration::from_secs(duration.as_secs())
-}
-
-async fn echo_server() -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut read, mut write) = socket.split();
-                let _ = tokio::io::copy(&mut read, &mut write).await;
-            });
-        }
-    });
-    Ok(addr)
 }
 
 /// Pseudo-random, position-dependent bytes: any loss, duplication or reordering shows.

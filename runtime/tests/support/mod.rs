@@ -19,17 +19,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// A TCP echo server on loopback; returns its port.
 pub async fn echo_server() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut read, mut write) = socket.split();
-                let _ = tokio::io::copy(&mut read, &mut write).await;
-            });
-        }
-    });
-    port
+    ssm_emulator::destination::echo_server()
+        .await
+        .expect("bind echo")
+        .port()
 }
 
 /// Credentials for the emulator, in files the SDK reads afresh on every call.

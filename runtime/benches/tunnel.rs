@@ -72,6 +72,7 @@ fn tunnel_config(name: &str, destination: u16) -> TunnelConfig {
         recovery: RecoverySettings::default(),
         channel: ChannelConfig::default(),
         seed: 1,
+        plugins: ssm_tether::session::no_plugins(),
     }
 }
 

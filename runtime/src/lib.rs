@@ -8,6 +8,7 @@ pub use ssm_tether_protocol as protocol;
 pub mod aws;
 pub mod channel;
 pub mod mux;
+pub mod plugin;
 pub mod policy;
 pub mod recovery;
 pub mod session;

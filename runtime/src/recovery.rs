@@ -9,6 +9,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::aws::ApiError;
 pub use crate::policy::RecoverySettings;
 
 /// Why the tunnel is not forwarding.
@@ -23,15 +24,30 @@ pub enum Cause {
     /// Opening the WebSocket failed (upgrade refused, connect error, stale URL).
     ConnectFailed(String),
     /// ResumeSession failed; the session may still exist.
-    ResumeFailed(String),
+    ResumeFailed(ApiError),
     /// StartSession failed.
-    StartFailed(String),
+    StartFailed(ApiError),
     /// The handshake did not lead to forwarding.
     HandshakeFailed(String),
     /// The service says the session is over (no token, DoesNotExist, channel_closed).
     SessionGone(String),
     /// The agent's byte stream broke the smux protocol; the session's streams are lost.
     ProtocolError(String),
+    /// Health checks say the tunnel carries nothing although the socket looks fine.
+    ProbeFailed(ProbeFailure),
+    /// The session is about to reach its maximum duration; a fresh session is needed.
+    MaxDurationReached,
+}
+
+/// A health check's verdict that made the runtime stop trusting the tunnel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeFailure {
+    /// Which check: the plugin's name, or `builtin:NAME`.
+    pub check: String,
+    /// Consecutive unhealthy runs, including this one.
+    pub consecutive_failures: u32,
+    /// The check's reason.
+    pub reason: String,
 }
 
 impl Cause {
@@ -47,6 +63,8 @@ impl Cause {
             Self::HandshakeFailed(_) => "handshake_failed",
             Self::SessionGone(_) => "session_gone",
             Self::ProtocolError(_) => "protocol_error",
+            Self::ProbeFailed(_) => "probe_failed",
+            Self::MaxDurationReached => "max_duration_reached",
         }
     }
 }
@@ -56,10 +74,17 @@ impl std::fmt::Display for Cause {
         match self {
             Self::PlannedClose => f.write_str("planned close (1000)"),
             Self::PingTimeout => f.write_str("no pong within the timeout"),
+            Self::MaxDurationReached => f.write_str("maximum session duration reached"),
+            Self::ResumeFailed(err) | Self::StartFailed(err) => {
+                write!(f, "{}: {err}", self.kind())
+            }
+            Self::ProbeFailed(probe) => write!(
+                f,
+                "probe_failed: {} unhealthy {} time(s) in a row: {}",
+                probe.check, probe.consecutive_failures, probe.reason
+            ),
             Self::TransportError(detail)
             | Self::ConnectFailed(detail)
-            | Self::ResumeFailed(detail)
-            | Self::StartFailed(detail)
             | Self::HandshakeFailed(detail)
             | Self::SessionGone(detail)
             | Self::ProtocolError(detail) => write!(f, "{}: {detail}", self.kind()),
@@ -80,6 +105,31 @@ pub struct DecisionContext {
     pub outage: Duration,
     /// Time since the current session started.
     pub session_age: Duration,
+    /// The delay chosen for the previous attempt of this outage.
+    pub last_delay: Option<Duration>,
+    /// Earlier outages of this tunnel, newest first (at most [`HISTORY_LEN`]).
+    pub history: Vec<OutageSummary>,
+}
+
+/// Outages kept in [`DecisionContext::history`].
+pub const HISTORY_LEN: usize = 16;
+
+/// One earlier outage, for policies that look at the recent past.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutageSummary {
+    /// The cause that started it.
+    pub cause: Cause,
+    /// Failed recovery attempts in it.
+    pub attempts: u32,
+    /// Failed resumes in it.
+    pub failed_resumes: u32,
+    /// How long forwarding was interrupted.
+    pub duration: Duration,
+    /// Whether it ended in a resume (connections kept) or a restart.
+    pub restarted: bool,
+    /// How long forwarding then lasted: until the next outage in the list, or for the newest
+    /// entry until the current outage began.
+    pub stable: Duration,
 }
 
 /// What to do next.
@@ -142,13 +192,15 @@ impl BuiltinPolicy {
             Cause::PlannedClose if ctx.attempt == 0 => Decision::Resume {
                 after: Duration::ZERO,
             },
-            Cause::SessionGone(_) => Decision::Restart {
-                after: if ctx.attempt == 0 {
-                    Duration::ZERO
-                } else {
-                    self.backoff(ctx.attempt)
-                },
-            },
+            Cause::SessionGone(_) | Cause::ProbeFailed(_) | Cause::MaxDurationReached => {
+                Decision::Restart {
+                    after: if ctx.attempt == 0 {
+                        Duration::ZERO
+                    } else {
+                        self.backoff(ctx.attempt)
+                    },
+                }
+            }
             Cause::StartFailed(_) | Cause::HandshakeFailed(_) | Cause::ProtocolError(_) => {
                 Decision::Restart {
                     after: self.backoff(ctx.attempt),
@@ -188,6 +240,17 @@ mod tests {
             failed_resumes,
             outage: Duration::from_secs(1),
             session_age: Duration::from_secs(3600),
+            last_delay: None,
+            history: Vec::new(),
+        }
+    }
+
+    fn denied() -> ApiError {
+        ApiError {
+            operation: "ResumeSession",
+            kind: crate::aws::ApiErrorKind::AccessDenied,
+            code: Some("AccessDeniedException".into()),
+            message: "no".into(),
         }
     }
 
@@ -225,7 +288,7 @@ mod tests {
             }
         }
         assert!(matches!(
-            policy.decide(&ctx(Cause::ResumeFailed("AccessDenied".into()), 3, 3)),
+            policy.decide(&ctx(Cause::ResumeFailed(denied()), 3, 3)),
             Decision::Restart { .. }
         ));
     }
@@ -233,7 +296,7 @@ mod tests {
     #[test]
     fn gives_up_only_when_configured() {
         let mut never = BuiltinPolicy::new(RecoverySettings::default(), 1);
-        let mut long = ctx(Cause::ResumeFailed("x".into()), 500, 2);
+        let mut long = ctx(Cause::ResumeFailed(denied()), 500, 2);
         long.outage = Duration::from_secs(86_400);
         assert!(!matches!(never.decide(&long), Decision::GiveUp { .. }));
         let mut bounded = BuiltinPolicy::new(

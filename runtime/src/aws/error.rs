@@ -93,7 +93,7 @@ impl fmt::Display for ApiErrorKind {
 /// A failed SSM API call. `Display` gives one line: operation, kind, service code and message;
 /// it never contains tokens, credentials or signed URLs (the SDK does not put them in errors,
 /// and responses carrying tokens are never quoted).
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{operation}: {kind}{}: {message}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
 pub struct ApiError {
     /// The operation that failed (`StartSession`, `ResumeSession`, `TerminateSession`,

@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use anyhow::Context;
+use ssm_tether::plugin::{PluginEngine, Reloader, Role};
 use ssm_tether::policy;
 
 use super::EXIT_USAGE;
@@ -33,6 +35,28 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
             local = tunnel.local,
             document = tunnel.document_name(),
         );
+    }
+    // Plugins are started (compiled, instantiated, `init` given its config) exactly as `run`
+    // would, so a rejected config fails here with the plugin's own message.
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let started = runtime.block_on(async {
+        let engine = PluginEngine::new(PluginEngine::default_cache_dir())?;
+        anyhow::Ok(Reloader::start(engine, path, &policy).await)
+    })?;
+    if let Err(err) = started {
+        eprintln!("ssm-tether: {err}");
+        return Ok(ExitCode::from(EXIT_USAGE));
+    }
+    for tunnel in &policy.tunnels {
+        for (role, spec) in tunnel.plugins.entries() {
+            println!("ok  {}: {role} {}", tunnel.name, spec.source);
+            if role == Role::HealthCheck && !spec.grants.tunnel_tcp {
+                println!(
+                    "    warning: this health check has no grants = [\"tunnel-tcp\"]; it cannot \
+                     open connections through the tunnel"
+                );
+            }
+        }
     }
     println!(
         "{}: {} tunnel(s), valid",

@@ -19,6 +19,10 @@ use clap::Args;
 use ssm_emulator::faults::SideSelection;
 use ssm_emulator::{Emulator, EmulatorConfig};
 use ssm_tether::aws::SsmApi;
+use ssm_tether::plugin::{
+    HealthCheckSpec, PluginEngine, PluginSource, PluginSpec, Role, TunnelLink, TunnelPluginSpecs,
+    TunnelPlugins,
+};
 use ssm_tether::policy::{AwsSettings, RecoverySettings, TunnelSpec};
 use ssm_tether::session::{Tunnel, TunnelConfig, TunnelStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -107,13 +111,30 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         base_delay: Duration::from_millis(100),
         ..spec.recovery
     };
-    let tunnel = Tunnel::start(
-        TunnelConfig::from_spec(&spec, args.seed),
-        SsmApi::new(spec.aws.clone()),
+    // The default plugins, embedded in the binary: the reconnect policy decides every
+    // recovery step, a health check probes the echo server through the tunnel.
+    spec.plugins = demo_plugins();
+    let engine = PluginEngine::new(PluginEngine::default_cache_dir())?;
+    let plugins = TunnelPlugins::load(
+        &engine,
+        &spec.plugins,
+        &ssm_tether::plugin::tunnel_info(&spec),
+        TunnelLink::new(),
     )
     .await
-    .context("cannot start the tunnel")?;
+    .context("cannot start the default plugins")?;
+    let mut config = TunnelConfig::from_spec(&spec, args.seed);
+    let (_plugins_tx, plugins_rx) = tokio::sync::watch::channel(Arc::new(plugins));
+    config.plugins = plugins_rx;
+    let tunnel = Tunnel::start(config, SsmApi::new(spec.aws.clone()))
+        .await
+        .context("cannot start the tunnel")?;
     let local = tunnel.local_addr();
+    let plugin_stats = Arc::new(PluginStats::default());
+    tokio::spawn(count_plugin_events(
+        tunnel.subscribe(),
+        plugin_stats.clone(),
+    ));
 
     println!(
         "ssm-tether demo: tunnel {local} -> emulator (SSM API {}) -> agent -> echo {echo}",
@@ -193,6 +214,15 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         traffic.reopened.load(Ordering::SeqCst),
         megabytes(traffic.interrupted.load(Ordering::SeqCst)),
     );
+    println!(
+        "health checks         {} healthy of {} (builtin:tcp-connect through the tunnel)",
+        plugin_stats.healthy.load(Ordering::SeqCst),
+        plugin_stats.probes.load(Ordering::SeqCst),
+    );
+    println!(
+        "plugin failures       {} (the built-in fallback would have decided)",
+        plugin_stats.failures.load(Ordering::SeqCst),
+    );
     println!("bytes lost            {lost}");
     println!(
         "bytes corrupted       {}",
@@ -204,6 +234,61 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     println!("result: every byte intact");
     Ok(ExitCode::SUCCESS)
+}
+
+/// `builtin:exponential-backoff` decides, `builtin:tcp-connect` probes every 2 s.
+fn demo_plugins() -> TunnelPluginSpecs {
+    let mut reconnect = PluginSpec::new(
+        PluginSource::Builtin("exponential-backoff".into()),
+        Role::ReconnectPolicy,
+    );
+    reconnect.config = r#"{"base_ms":100}"#.into();
+    let mut probe = PluginSpec::new(
+        PluginSource::Builtin("tcp-connect".into()),
+        Role::HealthCheck,
+    );
+    probe.grants.tunnel_tcp = true;
+    TunnelPluginSpecs {
+        reconnect: Some(reconnect),
+        health_checks: vec![HealthCheckSpec {
+            plugin: probe,
+            interval: Duration::from_secs(2),
+            unhealthy_after: 3,
+        }],
+        hooks: Vec::new(),
+    }
+}
+
+#[derive(Default)]
+struct PluginStats {
+    probes: AtomicU64,
+    healthy: AtomicU64,
+    failures: AtomicU64,
+}
+
+async fn count_plugin_events(
+    mut events: tokio::sync::broadcast::Receiver<ssm_tether::session::TunnelEvent>,
+    stats: Arc<PluginStats>,
+) {
+    use ssm_tether::session::{EventKind, ProbeOutcome};
+    loop {
+        match events.recv().await {
+            Ok(event) => match event.kind {
+                EventKind::ProbeResult { outcome, .. } => {
+                    stats.probes.fetch_add(1, Ordering::SeqCst);
+                    if outcome == ProbeOutcome::Healthy {
+                        stats.healthy.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                EventKind::PluginFailed { .. } => {
+                    stats.failures.fetch_add(1, Ordering::SeqCst);
+                }
+                _ => {}
+            },
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
 }
 
 fn status_line(elapsed: Duration, status: &TunnelStatus, traffic: &Traffic) -> String {

@@ -8,6 +8,7 @@ mod check;
 mod demo;
 mod emulator;
 mod frame;
+mod plugin;
 mod run;
 
 use std::path::PathBuf;
@@ -46,6 +47,9 @@ enum Command {
     /// Decode or encode SSM data-channel frames (ClientMessage), e.g. captured from a session.
     #[command(subcommand)]
     Frame(frame::FrameCommand),
+    /// Tools for plugin authors: inspect a component, call it with a sample event.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
     /// Run a local SSM service and agent emulator with fault injection (no AWS needed).
     Emulator(ssm_emulator::cli::EmulatorArgs),
 }
@@ -57,6 +61,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { policy } => check::run(&policy),
         Command::Demo(args) => demo::run(args),
         Command::Frame(command) => frame::run(command),
+        Command::Plugin(command) => plugin::run(command),
         Command::Emulator(args) => emulator::run(args),
     }
 }

@@ -2,9 +2,11 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use ssm_tether::aws::SsmApi;
+use ssm_tether::plugin::{PluginEngine, Reloader};
 use ssm_tether::policy;
 use ssm_tether::session::{EventKind, Tunnel, TunnelConfig, TunnelError, TunnelEvent};
 use tokio::sync::broadcast;
@@ -25,9 +27,20 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        let engine = PluginEngine::new(PluginEngine::default_cache_dir())?;
+        let (mut reloader, mut plugins) = match Reloader::start(engine, path, &policy).await {
+            Ok(started) => started,
+            Err(err) => {
+                eprintln!("ssm-tether: {err}");
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
+        };
         let mut tunnels = Vec::new();
         for (index, spec) in policy.tunnels.iter().enumerate() {
-            let config = TunnelConfig::from_spec(spec, rand_seed(index));
+            let mut config = TunnelConfig::from_spec(spec, rand_seed(index));
+            if let Some(receiver) = plugins.remove(&spec.name) {
+                config.plugins = receiver;
+            }
             match Tunnel::start(config, SsmApi::new(spec.aws.clone())).await {
                 Ok(tunnel) => {
                     tokio::spawn(log_events(tunnel.subscribe()));
@@ -44,6 +57,7 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
         let outcome = tokio::select! {
             signal = super::shutdown_signal() => Ok(signal?),
             failed = first_failure(&mut tunnels) => Err(failed),
+            never = reload_loop(&mut reloader) => match never? {},
         };
         match outcome {
             Ok(signal) => {
@@ -58,6 +72,30 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+/// Reloads plugins on SIGHUP or when the policy file or a plugin file changes (polled every
+/// second); a failed reload keeps the running plugins and logs why.
+async fn reload_loop(reloader: &mut Reloader) -> anyhow::Result<std::convert::Infallible> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut poll = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let trigger = tokio::select! {
+            _ = hangup.recv() => "SIGHUP",
+            _ = poll.tick() => {
+                if !reloader.files_changed() {
+                    continue;
+                }
+                "file change"
+            }
+        };
+        match reloader.reload().await {
+            Ok(tunnels) => tracing::info!(trigger, tunnels, "plugins reloaded"),
+            Err(err) => tracing::error!(trigger, error = %err,
+                "reload failed; the running plugins stay"),
+        }
+    }
 }
 
 /// Waits until one tunnel stops on its own and returns why.
@@ -109,6 +147,23 @@ async fn log_events(mut events: broadcast::Receiver<TunnelEvent>) {
                 tracing::info!(%tunnel, %session_id, ?outage, "restarted");
             }
             EventKind::GivingUp { reason } => tracing::error!(%tunnel, %reason, "giving up"),
+            EventKind::ProbeResult {
+                check,
+                outcome,
+                consecutive_failures,
+                duration,
+            } => {
+                tracing::info!(%tunnel, %check, ?outcome, consecutive_failures, ?duration, "health check");
+            }
+            EventKind::PluginFailed {
+                plugin,
+                role,
+                reason,
+                quarantined,
+            } => {
+                tracing::warn!(%tunnel, %plugin, %role, %reason, quarantined,
+                    "plugin failed; the built-in fallback decided");
+            }
             EventKind::ConnectionOpened { id, peer } => {
                 tracing::debug!(%tunnel, id, %peer, "connection opened");
             }

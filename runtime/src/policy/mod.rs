@@ -74,6 +74,8 @@ use std::time::Duration;
 
 pub use error::{Location, PolicyError};
 
+use crate::plugin::{PluginSource, TunnelPluginSpecs};
+
 /// Document used when the tunnel ends on the target itself.
 pub const DOCUMENT_PORT_FORWARDING: &str = "AWS-StartPortForwardingSession";
 /// Document used when the agent dials `remote_host` on the tunnel's behalf.
@@ -126,6 +128,8 @@ pub struct TunnelSpec {
     pub transport: TransportSettings,
     /// The built-in reconnect policy.
     pub recovery: RecoverySettings,
+    /// Plugins: reconnect policy, health checks, event hooks.
+    pub plugins: TunnelPluginSpecs,
 }
 
 /// Where and as whom the SSM API is called. `None` fields use the AWS SDK's own resolution
@@ -206,6 +210,7 @@ impl TunnelSpec {
             aws: AwsSettings::default(),
             transport: TransportSettings::default(),
             recovery: RecoverySettings::default(),
+            plugins: TunnelPluginSpecs::default(),
         }
     }
 
@@ -259,6 +264,20 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         .flatten()
         {
             if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
+        let plugins = &mut tunnel.plugins;
+        let sources = plugins
+            .reconnect
+            .iter_mut()
+            .chain(plugins.health_checks.iter_mut().map(|h| &mut h.plugin))
+            .chain(plugins.hooks.iter_mut())
+            .map(|p| &mut p.source);
+        for source in sources {
+            if let PluginSource::File(file) = source
+                && file.is_relative()
+            {
                 *file = base.join(&*file);
             }
         }

@@ -20,6 +20,9 @@ use super::{
     DEFAULT_PONG_TIMEOUT, DEFAULT_RESUME_ATTEMPTS_BEFORE_RESTART, DEFAULT_STABLE_AFTER, Policy,
     PolicyError, RecoverySettings, TransportSettings, TunnelSpec,
 };
+use crate::plugin::TunnelPluginSpecs;
+
+mod plugins;
 
 type Result<T> = std::result::Result<T, PolicyError>;
 
@@ -35,6 +38,9 @@ const SHARED_KEYS: &[&str] = &[
     "ping_interval",
     "pong_timeout",
     "recovery",
+    "reconnect",
+    "health_check",
+    "hook",
 ];
 /// Keys valid only in `[[tunnel]]`.
 const TUNNEL_ONLY_KEYS: &[&str] = &[
@@ -152,6 +158,7 @@ struct Layer {
     ping_interval: Option<Sourced<Duration>>,
     pong_timeout: Option<Sourced<Duration>>,
     recovery: RecoveryLayer,
+    plugins: plugins::PluginLayer,
 }
 
 #[derive(Debug, Default)]
@@ -453,6 +460,7 @@ fn read_layer(table: &TableReader<'_, '_, '_>) -> Result<Layer> {
         ping_interval,
         pong_timeout,
         recovery,
+        plugins: plugins::read_plugins(table)?,
     })
 }
 
@@ -661,6 +669,22 @@ fn read_tunnel(table: &TableReader<'_, '_, '_>, defaults: &Layer) -> Result<Pars
             aws,
             transport,
             recovery,
+            plugins: TunnelPluginSpecs {
+                reconnect: layer
+                    .plugins
+                    .reconnect
+                    .or_else(|| defaults.plugins.reconnect.clone()),
+                health_checks: layer
+                    .plugins
+                    .health_checks
+                    .or_else(|| defaults.plugins.health_checks.clone())
+                    .unwrap_or_default(),
+                hooks: layer
+                    .plugins
+                    .hooks
+                    .or_else(|| defaults.plugins.hooks.clone())
+                    .unwrap_or_default(),
+            },
         },
     })
 }

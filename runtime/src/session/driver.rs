@@ -24,10 +24,13 @@ use super::{TunnelConfig, TunnelError};
 use crate::aws::{ApiError, SessionGrant, SsmApi};
 use crate::channel::{Channel, ChannelEvent};
 use crate::mux::{MuxClient, MuxEvent};
+use crate::plugin::{CallFailure, Role};
 use crate::protocol::PayloadType;
 use crate::protocol::message::MAX_STREAM_PAYLOAD;
 use crate::protocol::payload::{Flag, HandshakeRequest};
-use crate::recovery::{BuiltinPolicy, Cause, Decision, DecisionContext};
+use crate::recovery::{
+    BuiltinPolicy, Cause, Decision, DecisionContext, HISTORY_LEN, OutageSummary, ProbeFailure,
+};
 use crate::transport::connect::{self, ClientIdentity, DataSocket};
 
 /// Outgoing smux bytes beyond which local sockets are no longer read.
@@ -53,6 +56,8 @@ pub(super) struct Driver {
     events: broadcast::Sender<TunnelEvent>,
     status: watch::Sender<TunnelStatus>,
     accept_rx: mpsc::Receiver<(TcpStream, SocketAddr)>,
+    /// Health checks that gave up on the tunnel (from the plugin supervisor).
+    probe_rx: mpsc::Receiver<ProbeFailure>,
     local_tx: mpsc::Sender<LocalEvent>,
     local_rx: mpsc::Receiver<LocalEvent>,
     drained: Arc<Notify>,
@@ -73,6 +78,8 @@ pub(super) struct Driver {
     outage: Option<Outage>,
     /// When the last outage ended and what it had used, for the stable-period budget.
     recovered: Option<(Instant, u32, u32)>,
+    /// Earlier outages, newest first, for reconnect-policy plugins.
+    history: VecDeque<PastOutage>,
     /// The cause to report when the pending restart begins.
     restart_cause: Option<Cause>,
     /// The smux session broke (protocol error): the session must be replaced.
@@ -134,8 +141,27 @@ enum Tier {
 
 struct Outage {
     since: Instant,
+    /// The cause that started it.
+    cause: Cause,
+    /// Failed attempts in this outage.
     attempt: u32,
+    /// Failed resumes in this outage.
     failed_resumes: u32,
+    /// Attempts and failed resumes carried over from a previous outage that ended less
+    /// than `stable_after` before this one began (flapping): the built-in policy counts
+    /// them, plugins see raw counts and the history.
+    carried: (u32, u32),
+    /// The delay chosen for the latest step.
+    last_delay: Option<Duration>,
+}
+
+struct PastOutage {
+    cause: Cause,
+    attempts: u32,
+    failed_resumes: u32,
+    duration: Duration,
+    restarted: bool,
+    ended: Instant,
 }
 
 enum OpResult {
@@ -144,6 +170,11 @@ enum OpResult {
     Connected {
         session_id: String,
         result: Result<Box<DataSocket>, String>,
+    },
+    /// A reconnect-policy plugin answered (or failed to).
+    Decided {
+        context: Box<DecisionContext>,
+        answer: Result<Decision, CallFailure>,
     },
 }
 
@@ -157,6 +188,7 @@ enum Wake {
     Socket(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
     Timer,
     Drained,
+    Probe(ProbeFailure),
 }
 
 /// Why the main loop ends.
@@ -172,6 +204,7 @@ impl Driver {
         events: broadcast::Sender<TunnelEvent>,
         status: watch::Sender<TunnelStatus>,
         accept_rx: mpsc::Receiver<(TcpStream, SocketAddr)>,
+        probe_rx: mpsc::Receiver<ProbeFailure>,
     ) -> Self {
         let (local_tx, local_rx) = mpsc::channel(64);
         let (ops_tx, ops_rx) = mpsc::channel(8);
@@ -183,6 +216,7 @@ impl Driver {
             events,
             status,
             accept_rx,
+            probe_rx,
             local_tx,
             local_rx,
             drained: Arc::new(Notify::new()),
@@ -200,6 +234,7 @@ impl Driver {
             },
             outage: None,
             recovered: None,
+            history: VecDeque::new(),
             restart_cause: None,
             mux_failed: None,
             ever_started: false,
@@ -260,6 +295,7 @@ impl Driver {
                 Some(event) = self.local_rx.recv(), if take_local => Wake::Local(event),
                 () = sleep_until(timer) => Wake::Timer,
                 () = self.drained.notified() => Wake::Drained,
+                Some(failure) = self.probe_rx.recv() => Wake::Probe(failure),
             };
             let now = Instant::now();
             match wake {
@@ -270,6 +306,7 @@ impl Driver {
                 Wake::Socket(message) => self.on_socket(message, now)?,
                 Wake::Timer => self.on_timer(now)?,
                 Wake::Drained => {}
+                Wake::Probe(failure) => self.on_probe_failure(failure, now)?,
             }
             self.process(now)?;
             self.flush(shutdown).await?;
@@ -354,6 +391,20 @@ impl Driver {
             return Ok(());
         }
         match op {
+            OpResult::Decided { context, answer } => {
+                let decision = answer.unwrap_or_else(|failure| {
+                    tracing::warn!(tunnel = %self.config.name, error = %failure,
+                        "reconnect policy failed; the built-in policy decides");
+                    self.emit(EventKind::PluginFailed {
+                        plugin: failure.plugin,
+                        role: Role::ReconnectPolicy,
+                        reason: failure.reason,
+                        quarantined: failure.quarantined,
+                    });
+                    self.builtin_decide(&context)
+                });
+                self.apply(*context, decision, now)
+            }
             OpResult::Started(Ok(grant)) => {
                 let is_restart = std::mem::replace(&mut self.ever_started, true);
                 self.session = Some(Session::new(&grant, &self.config, now, is_restart));
@@ -364,7 +415,7 @@ impl Driver {
                 self.spawn_connect(grant);
                 Ok(())
             }
-            OpResult::Started(Err(err)) => self.failed(Cause::StartFailed(err.to_string()), now),
+            OpResult::Started(Err(err)) => self.failed(Cause::StartFailed(err), now),
             OpResult::Resumed(Ok(Some(mut grant))) => {
                 // Always dial the StreamUrl ResumeSession returned: the old one's cell may be
                 // stale (§9.5 cause 1). An empty one means "unchanged".
@@ -389,7 +440,7 @@ impl Driver {
                 if let Some(outage) = self.outage.as_mut() {
                     outage.failed_resumes += 1;
                 }
-                self.failed(Cause::ResumeFailed(err.to_string()), now)
+                self.failed(Cause::ResumeFailed(err), now)
             }
             OpResult::Connected { session_id, result } => {
                 // A connect for a session replaced meanwhile is stale.
@@ -553,8 +604,11 @@ impl Driver {
             };
             self.outage = Some(Outage {
                 since: now,
-                attempt,
-                failed_resumes,
+                cause: cause.clone(),
+                attempt: 0,
+                failed_resumes: 0,
+                carried: (attempt, failed_resumes),
+                last_delay: None,
             });
         }
         self.decide(cause, now)
@@ -562,10 +616,13 @@ impl Driver {
 
     /// A recovery attempt failed.
     fn failed(&mut self, cause: Cause, now: Instant) -> Result<(), Stop> {
-        let outage = self.outage.get_or_insert(Outage {
+        let outage = self.outage.get_or_insert_with(|| Outage {
             since: now,
+            cause: cause.clone(),
             attempt: 0,
             failed_resumes: 0,
+            carried: (0, 0),
+            last_delay: None,
         });
         outage.attempt += 1;
         let attempt = outage.attempt;
@@ -577,6 +634,8 @@ impl Driver {
         self.decide(cause, now)
     }
 
+    /// Asks the reconnect policy: a plugin (asynchronously, with the built-in policy as its
+    /// fallback) or the built-in policy.
     fn decide(&mut self, cause: Cause, now: Instant) -> Result<(), Stop> {
         let Some(outage) = &self.outage else {
             return Ok(());
@@ -590,16 +649,73 @@ impl Driver {
                 .session
                 .as_ref()
                 .map_or(Duration::ZERO, |s| now.saturating_duration_since(s.started)),
+            last_delay: outage.last_delay,
+            history: self.history_until(outage.since),
         };
-        let decision = self.policy.decide(&context);
         // A new plan: whatever the old one still has in flight is stale from now on.
         self.epoch = self.epoch.wrapping_add(1);
+        let plugin = self.config.plugins.borrow().reconnect.clone();
+        if let Some(plugin) = plugin {
+            // The plugin may take up to its timeout; the loop keeps serving local sockets.
+            self.phase = Phase::Busy;
+            self.spawn_op(async move {
+                let answer = plugin.decide(&context).await;
+                OpResult::Decided {
+                    context: Box::new(context),
+                    answer,
+                }
+            });
+            return Ok(());
+        }
+        let decision = self.builtin_decide(&context);
+        self.apply(context, decision, now)
+    }
+
+    /// The built-in policy, with a flapping tunnel's carried-over budget.
+    fn builtin_decide(&mut self, context: &DecisionContext) -> Decision {
+        let (attempts, failed) = self.outage.as_ref().map_or((0, 0), |o| o.carried);
+        let mut context = context.clone();
+        context.attempt = context.attempt.saturating_add(attempts);
+        context.failed_resumes = context.failed_resumes.saturating_add(failed);
+        self.policy.decide(&context)
+    }
+
+    /// Earlier outages for a decision in the outage that began at `current`.
+    fn history_until(&self, current: Instant) -> Vec<OutageSummary> {
+        let mut next_start = current;
+        self.history
+            .iter()
+            .map(|past| {
+                let summary = OutageSummary {
+                    cause: past.cause.clone(),
+                    attempts: past.attempts,
+                    failed_resumes: past.failed_resumes,
+                    duration: past.duration,
+                    restarted: past.restarted,
+                    stable: next_start.saturating_duration_since(past.ended),
+                };
+                next_start = past.ended.checked_sub(past.duration).unwrap_or(past.ended);
+                summary
+            })
+            .collect()
+    }
+
+    /// Executes a decision.
+    fn apply(
+        &mut self,
+        context: DecisionContext,
+        decision: Decision,
+        now: Instant,
+    ) -> Result<(), Stop> {
         let (after, tier) = match decision {
             Decision::GiveUp { reason } => return Err(Stop::GiveUp(reason)),
             // Nothing to resume before the first session exists.
             Decision::Resume { after } if self.session.is_some() => (after, Tier::Resume),
             Decision::Resume { after } | Decision::Restart { after } => (after, Tier::Restart),
         };
+        if let Some(outage) = self.outage.as_mut() {
+            outage.last_delay = Some(after);
+        }
         self.set_state(match tier {
             Tier::Resume => TunnelState::Resuming,
             Tier::Restart if !self.ever_started => TunnelState::Starting,
@@ -613,6 +729,20 @@ impl Driver {
             self.restart_cause = Some(context.cause);
         }
         Ok(())
+    }
+
+    /// A health check says the tunnel carries nothing: treat it like a dead socket.
+    fn on_probe_failure(&mut self, failure: ProbeFailure, now: Instant) -> Result<(), Stop> {
+        let forwarding = matches!(self.phase, Phase::Online(_))
+            && self
+                .session
+                .as_ref()
+                .is_some_and(|s| s.negotiated.is_some());
+        if !forwarding {
+            // Already recovering: the recovery under way is the answer.
+            return Ok(());
+        }
+        self.disconnected(Cause::ProbeFailed(failure), now)
     }
 
     /// Runs the step a wait was for.
@@ -686,7 +816,20 @@ impl Driver {
             return;
         };
         let duration = now.saturating_duration_since(outage.since);
-        self.recovered = Some((now, outage.attempt, outage.failed_resumes));
+        self.recovered = Some((
+            now,
+            outage.attempt.saturating_add(outage.carried.0),
+            outage.failed_resumes.saturating_add(outage.carried.1),
+        ));
+        self.history.push_front(PastOutage {
+            cause: outage.cause,
+            attempts: outage.attempt,
+            failed_resumes: outage.failed_resumes,
+            duration,
+            restarted,
+            ended: now,
+        });
+        self.history.truncate(HISTORY_LEN);
         if restarted {
             let session_id = self
                 .session
@@ -1287,12 +1430,14 @@ mod tests {
             },
             channel: ChannelConfig::default(),
             seed: 1,
+            plugins: crate::session::no_plugins(),
         };
         let (events, _) = broadcast::channel(64);
         let (status, _) = watch::channel(TunnelStatus::default());
         let (accept_tx, accept_rx) = mpsc::channel(1);
+        let (_probe_tx, probe_rx) = mpsc::channel(1);
         (
-            Driver::new(config, api, events, status, accept_rx),
+            Driver::new(config, api, events, status, accept_rx, probe_rx),
             accept_tx,
         )
     }
@@ -1355,7 +1500,15 @@ mod tests {
         let stale_epoch = driver.epoch;
         // Say the plan changed meanwhile (any decision does that).
         driver
-            .failed(Cause::StartFailed("elsewhere".into()), t0)
+            .failed(
+                Cause::StartFailed(crate::aws::ApiError {
+                    operation: "StartSession",
+                    kind: crate::aws::ApiErrorKind::Throttling,
+                    code: None,
+                    message: "elsewhere".into(),
+                }),
+                t0,
+            )
             .expect("a decision");
         driver
             .on_op(stale_epoch, OpResult::Started(Ok(grant("s-late"))), t0)

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::plugin::Role;
 use crate::recovery::Cause;
 
 /// The tunnel's current phase.
@@ -146,8 +147,42 @@ pub enum EventKind {
         /// `host:port` as the agent dials it.
         destination: String,
     },
+    /// A health check ran.
+    ProbeResult {
+        /// Which check: the plugin's name from `describe`.
+        check: String,
+        /// Its verdict.
+        outcome: ProbeOutcome,
+        /// Consecutive unhealthy results including this one (0 when not unhealthy).
+        consecutive_failures: u32,
+        /// How long the check took.
+        duration: Duration,
+    },
+    /// A plugin call failed (trap, budget, timeout, bad answer); the built-in fallback
+    /// answered instead.
+    PluginFailed {
+        /// The plugin, as written in the policy file.
+        plugin: String,
+        /// The role it served.
+        role: Role,
+        /// What went wrong.
+        reason: String,
+        /// Whether it is now quarantined.
+        quarantined: bool,
+    },
     /// The tunnel stopped.
     Stopped,
+}
+
+/// A health check's verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// The tunnel carries the application's protocol end to end.
+    Healthy,
+    /// Working, but worse than expected; not a failure.
+    Degraded(String),
+    /// The tunnel does not carry the application's protocol.
+    Unhealthy(String),
 }
 
 /// A snapshot of a tunnel, updated on every change.

@@ -15,6 +15,7 @@ mod local;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -23,9 +24,10 @@ use tokio::task::JoinHandle;
 
 use crate::aws::SsmApi;
 use crate::channel::ChannelConfig;
+use crate::plugin::{TcpTarget, TunnelPlugins, TunnelSide};
 use crate::policy::TunnelSpec;
 use crate::recovery::RecoverySettings;
-pub use events::{EventKind, TunnelEvent, TunnelState, TunnelStatus};
+pub use events::{EventKind, ProbeOutcome, TunnelEvent, TunnelState, TunnelStatus};
 
 /// Everything a tunnel needs to run.
 #[derive(Clone, Debug)]
@@ -58,6 +60,13 @@ pub struct TunnelConfig {
     pub channel: ChannelConfig,
     /// Seeds the policy's jitter.
     pub seed: u64,
+    /// The tunnel's plugins; a new value on this channel swaps them (hot reload).
+    pub plugins: watch::Receiver<Arc<TunnelPlugins>>,
+}
+
+/// A plugin channel with no plugins and no sender: the built-in policy decides, forever.
+pub fn no_plugins() -> watch::Receiver<Arc<TunnelPlugins>> {
+    watch::channel(Arc::new(TunnelPlugins::none())).1
 }
 
 impl TunnelConfig {
@@ -77,6 +86,7 @@ impl TunnelConfig {
             recovery: spec.recovery,
             channel: ChannelConfig::default(),
             seed,
+            plugins: no_plugins(),
         }
     }
 }
@@ -155,9 +165,26 @@ impl Tunnel {
         let (status_tx, status) = watch::channel(TunnelStatus::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (accept_tx, accept_rx) = mpsc::channel(256);
+        let (probe_tx, probe_rx) = mpsc::channel(8);
+        config
+            .plugins
+            .borrow()
+            .link
+            .set(TcpTarget::listener(local, Some(status.clone())));
+        // Before the first event, so that hooks see it.
+        crate::plugin::supervise(
+            config.plugins.clone(),
+            TunnelSide {
+                name: config.name.clone(),
+                events: events.clone(),
+                status: status.clone(),
+                probe_failures: probe_tx,
+            },
+        );
         let acceptor = tokio::spawn(accept_loop(listener, accept_tx));
         let name = config.name.clone();
-        let driver = driver::Driver::new(config, api, events.clone(), status_tx, accept_rx);
+        let driver =
+            driver::Driver::new(config, api, events.clone(), status_tx, accept_rx, probe_rx);
         driver.emit(EventKind::Listening { local });
         let driver = tokio::spawn(driver.run(shutdown_rx));
         Ok(Self {

@@ -99,6 +99,7 @@ pub fn tunnel_config(destination_port: u16) -> TunnelConfig {
         },
         channel: ChannelConfig::default(),
         seed: 1,
+        plugins: ssm_tether::session::no_plugins(),
     }
 }
 

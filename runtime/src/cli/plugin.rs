@@ -1,0 +1,309 @@
+//! `ssm-tether plugin inspect|test`: tools for plugin authors.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use ssm_tether::aws::{ApiError, ApiErrorKind};
+use ssm_tether::plugin::{
+    PACKAGE_VERSION, PluginEngine, PluginInstance, PluginSource, PluginSpec, Role, TcpTarget,
+    TunnelInfo, TunnelLink,
+};
+use ssm_tether::recovery::{Cause, DecisionContext, ProbeFailure};
+use ssm_tether::session::{EventKind, TunnelEvent};
+
+use super::{EXIT_FAILURE, EXIT_USAGE};
+
+/// Plugin tools.
+#[derive(Debug, Subcommand)]
+pub(crate) enum PluginCommand {
+    /// Show a plugin's world, WIT package version, imports and describe().
+    Inspect {
+        /// The component (.wasm), or builtin:NAME.
+        plugin: String,
+    },
+    /// Call a plugin once with a sample event and print its answer.
+    Test(TestArgs),
+}
+
+/// `plugin test` arguments.
+#[derive(Debug, Args)]
+pub(crate) struct TestArgs {
+    /// The component (.wasm), or builtin:NAME.
+    plugin: String,
+    /// What to send. Reconnect policy: a cause (planned-close, transport-error,
+    /// ping-timeout, connect-failed, resume-failed, start-failed, handshake-failed,
+    /// session-gone, protocol-error, probe-failed, max-duration-reached). Health check:
+    /// probe. Event hook: an event (listening, session-started, connected, forwarding,
+    /// disconnected, resuming, resumed, restarting, restarted, giving-up,
+    /// connection-opened, connection-closed, stopped). Default: the first of the world.
+    #[arg(long)]
+    event: Option<String>,
+    /// The config table, as JSON (what `init` receives).
+    #[arg(long, default_value = "{}")]
+    config: String,
+    /// Reconnect policy: failed attempts so far in the outage.
+    #[arg(long, default_value_t = 0)]
+    attempt: u32,
+    /// Reconnect policy: failed resumes so far in the outage.
+    #[arg(long, default_value_t = 0)]
+    failed_resumes: u32,
+    /// Health check: where `tunnel-tcp` connects (e.g. a local Redis), standing in for the
+    /// tunnel. Grants `tunnel-tcp`.
+    #[arg(long)]
+    connect: Option<SocketAddr>,
+    /// Wall-clock limit of the call, e.g. 5s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+}
+
+pub(crate) fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
+    super::init_logging();
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let engine = PluginEngine::new(PluginEngine::default_cache_dir())?;
+        match command {
+            PluginCommand::Inspect { plugin } => inspect(&engine, &plugin).await,
+            PluginCommand::Test(args) => test(&engine, args).await,
+        }
+    })
+}
+
+fn source(text: &str) -> PluginSource {
+    PluginSource::parse(text, std::path::Path::new(""))
+}
+
+async fn inspect(engine: &PluginEngine, plugin: &str) -> anyhow::Result<ExitCode> {
+    let loaded = match engine.load(&source(plugin)).await {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("ssm-tether: {err}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    println!("plugin:   {}", loaded.label);
+    println!(
+        "world:    ssm-tether:plugin/{}@{PACKAGE_VERSION}",
+        loaded.world
+    );
+    println!("size:     {} bytes", loaded.size);
+    println!("sha256:   {}", loaded.sha256);
+    println!(
+        "imports:  {}",
+        if loaded.imports.is_empty() {
+            "(none)".to_owned()
+        } else {
+            loaded.imports.join(", ")
+        }
+    );
+    if loaded.uses_tunnel_tcp() {
+        println!("needs:    grants = [\"tunnel-tcp\"] to open connections through the tunnel");
+    }
+    match loaded.describe().await {
+        Ok(info) => {
+            println!("name:     {}", info.name);
+            println!("version:  {}", info.version);
+            println!("about:    {}", info.description);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            eprintln!("ssm-tether: {err}");
+            Ok(ExitCode::from(EXIT_FAILURE))
+        }
+    }
+}
+
+fn sample_tunnel() -> TunnelInfo {
+    TunnelInfo {
+        name: "sample".into(),
+        target: "i-0123456789abcdef0".into(),
+        remote_host: None,
+        remote_port: 5432,
+        local_address: "127.0.0.1:15432".into(),
+    }
+}
+
+async fn test(engine: &PluginEngine, args: TestArgs) -> anyhow::Result<ExitCode> {
+    let source = source(&args.plugin);
+    let world = match engine.load(&source).await {
+        Ok(loaded) => loaded.world,
+        Err(err) => {
+            eprintln!("ssm-tether: {err}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let mut spec = PluginSpec::new(source, world);
+    spec.config = args.config.clone();
+    if let Some(timeout) = args.timeout {
+        spec.limits.timeout = timeout;
+    }
+    let link = match args.connect {
+        Some(address) => {
+            spec.grants.tunnel_tcp = true;
+            TunnelLink::to(TcpTarget {
+                address,
+                status: None,
+            })
+        }
+        None => TunnelLink::new(),
+    };
+    let plugin = match PluginInstance::start(engine, &spec, world, sample_tunnel(), link).await {
+        Ok(plugin) => plugin,
+        Err(err) => {
+            eprintln!("ssm-tether: {err}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let event = args.event.as_deref();
+    let answer = match world {
+        Role::ReconnectPolicy => {
+            let cause = match sample_cause(event.unwrap_or("planned-close")) {
+                Ok(cause) => cause,
+                Err(err) => {
+                    eprintln!("ssm-tether: {err}");
+                    return Ok(ExitCode::from(EXIT_USAGE));
+                }
+            };
+            println!("cause:    {cause}");
+            let context = DecisionContext {
+                cause,
+                attempt: args.attempt,
+                failed_resumes: args.failed_resumes,
+                outage: Duration::from_millis(1500),
+                session_age: Duration::from_secs(3600),
+                last_delay: None,
+                history: Vec::new(),
+            };
+            plugin.decide(&context).await.map(|d| format!("{d:?}"))
+        }
+        Role::HealthCheck => {
+            if let Some(other) = event.filter(|e| *e != "probe") {
+                eprintln!("ssm-tether: a health check takes --event probe, not `{other}`");
+                return Ok(ExitCode::from(EXIT_USAGE));
+            }
+            plugin.check(0).await.map(|o| format!("{o:?}"))
+        }
+        Role::EventHook => {
+            let kind = match sample_event(event.unwrap_or("disconnected")) {
+                Ok(kind) => kind,
+                Err(err) => {
+                    eprintln!("ssm-tether: {err}");
+                    return Ok(ExitCode::from(EXIT_USAGE));
+                }
+            };
+            println!("event:    {kind:?}");
+            let event = TunnelEvent {
+                tunnel: "sample".into(),
+                at: std::time::SystemTime::now(),
+                kind,
+            };
+            plugin
+                .on_event(&event)
+                .await
+                .map(|()| "accepted".to_owned())
+        }
+    };
+    match answer {
+        Ok(answer) => {
+            println!("answer:   {answer}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(failure) => {
+            println!("failed:   {}", failure.reason);
+            println!("          (the runtime's built-in fallback would decide instead)");
+            Ok(ExitCode::from(EXIT_FAILURE))
+        }
+    }
+}
+
+fn api_error(operation: &'static str, kind: ApiErrorKind, code: &str) -> ApiError {
+    ApiError {
+        operation,
+        kind,
+        code: Some(code.to_owned()),
+        message: format!("sample {code}"),
+    }
+}
+
+fn sample_cause(name: &str) -> anyhow::Result<Cause> {
+    Ok(match name {
+        "planned-close" => Cause::PlannedClose,
+        "transport-error" => Cause::TransportError("connection reset by peer".into()),
+        "ping-timeout" => Cause::PingTimeout,
+        "connect-failed" => Cause::ConnectFailed("HTTP 403 on upgrade".into()),
+        "resume-failed" => Cause::ResumeFailed(api_error(
+            "ResumeSession",
+            ApiErrorKind::Throttling,
+            "ThrottlingException",
+        )),
+        "start-failed" => Cause::StartFailed(api_error(
+            "StartSession",
+            ApiErrorKind::TargetNotConnected,
+            "TargetNotConnected",
+        )),
+        "handshake-failed" => Cause::HandshakeFailed("no handshake within 30s".into()),
+        "session-gone" => Cause::SessionGone("channel_closed".into()),
+        "protocol-error" => Cause::ProtocolError("bad smux version".into()),
+        "probe-failed" => Cause::ProbeFailed(ProbeFailure {
+            check: "tcp-connect".into(),
+            consecutive_failures: 3,
+            reason: "connect timed out".into(),
+        }),
+        "max-duration-reached" => Cause::MaxDurationReached,
+        other => anyhow::bail!("unknown cause `{other}` for a reconnect policy (see --help)"),
+    })
+}
+
+fn sample_event(name: &str) -> anyhow::Result<EventKind> {
+    let local: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 15432));
+    Ok(match name {
+        "listening" => EventKind::Listening { local },
+        "session-started" => EventKind::SessionStarted {
+            session_id: "sample-0123456789abcdef0".into(),
+        },
+        "connected" => EventKind::Connected {
+            session_id: "sample-0123456789abcdef0".into(),
+        },
+        "forwarding" => EventKind::Forwarding {
+            session_id: "sample-0123456789abcdef0".into(),
+            mode: "mux",
+            agent_version: "3.3.1142.0".into(),
+        },
+        "disconnected" => EventKind::Disconnected {
+            cause: Cause::PlannedClose,
+        },
+        "resuming" => EventKind::Resuming {
+            attempt: 1,
+            outage: Duration::from_millis(12),
+        },
+        "resumed" => EventKind::Resumed {
+            outage: Duration::from_millis(40),
+        },
+        "restarting" => EventKind::Restarting {
+            cause: Cause::SessionGone("channel_closed".into()),
+            attempt: 1,
+            outage: Duration::from_millis(5),
+        },
+        "restarted" => EventKind::Restarted {
+            session_id: "sample-1".into(),
+            outage: Duration::from_millis(900),
+        },
+        "giving-up" => EventKind::GivingUp {
+            reason: "sample".into(),
+        },
+        "connection-opened" => EventKind::ConnectionOpened {
+            id: 7,
+            peer: SocketAddr::from(([127, 0, 0, 1], 50123)),
+        },
+        "connection-closed" => EventKind::ConnectionClosed {
+            id: 7,
+            bytes_up: 1200,
+            bytes_down: 34000,
+            reason: "closed by client",
+        },
+        "stopped" => EventKind::Stopped,
+        other => anyhow::bail!("unknown event `{other}` for an event hook (see --help)"),
+    })
+}

@@ -1,0 +1,333 @@
+//! What a plugin may ask of the host: `host.log` and, when granted, `tunnel-tcp`.
+//!
+//! Every import checks its grant and arguments here, in one place, and answers a denial
+//! with a typed error (`tcp-error.denied`), never a trap, so a plugin can degrade.
+//! `tunnel-tcp` connects to the tunnel's own local listener: the probe's bytes take exactly
+//! the path an application's do (listener → smux stream → agent → destination), which is
+//! what a health check is for.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use wasmtime::component::Resource;
+
+use super::bindings::{host, tunnel_tcp, types};
+use super::sandbox::StoreState;
+use super::spec::Grants;
+use crate::session::{TunnelState, TunnelStatus};
+
+use tunnel_tcp::TcpError;
+
+/// Longest line a plugin may log; longer ones are cut.
+const MAX_LOG_BYTES: usize = 4096;
+/// Lines a plugin may log per call; the rest are dropped (and counted once).
+const MAX_LOG_LINES: u32 = 100;
+/// Connections a probe may hold open at once.
+const MAX_CONNECTIONS: usize = 4;
+/// Longest wait any `tunnel-tcp` operation may ask for.
+const MAX_WAIT_MS: u32 = 60_000;
+/// Largest `read` and `write`.
+const MAX_READ: u32 = 65_536;
+const MAX_WRITE: usize = 1 << 20;
+
+/// The `tunnel-tcp` resource: an id into [`HostContext`]'s connections.
+#[allow(unreachable_pub)] // named by the generated bindings
+pub struct ProbeConnection {
+    id: u32,
+}
+
+/// Where `tunnel-tcp` connects, and how to tell whether the tunnel is forwarding.
+#[derive(Clone, Debug)]
+pub struct TcpTarget {
+    /// The tunnel's local listener (an unspecified address is reached on loopback).
+    pub address: SocketAddr,
+    /// The tunnel's status; `None` (e.g. `plugin test --connect`): always assumed up.
+    pub status: Option<watch::Receiver<TunnelStatus>>,
+}
+
+impl TcpTarget {
+    /// A target for a listener bound to `local`.
+    pub fn listener(local: SocketAddr, status: Option<watch::Receiver<TunnelStatus>>) -> Self {
+        let ip = match local.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        Self {
+            address: SocketAddr::new(ip, local.port()),
+            status,
+        }
+    }
+}
+
+/// Where a tunnel's plugins reach it: filled in once the tunnel's listener is bound, shared
+/// by every plugin set (initial and reloaded) of that tunnel.
+#[derive(Clone, Debug, Default)]
+pub struct TunnelLink(Arc<OnceLock<TcpTarget>>);
+
+impl TunnelLink {
+    /// A link to nothing yet: `tunnel-tcp` answers `tunnel-down` until [`set`](Self::set).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A link to `target` at once (e.g. `plugin test --connect`).
+    pub fn to(target: TcpTarget) -> Self {
+        let link = Self::new();
+        link.set(target);
+        link
+    }
+
+    /// Points the link at the tunnel; later calls are ignored (a tunnel binds once).
+    pub fn set(&self, target: TcpTarget) {
+        let _ = self.0.set(target);
+    }
+
+    fn get(&self) -> Option<&TcpTarget> {
+        self.0.get()
+    }
+}
+
+/// Per-instance host state behind the imports.
+#[derive(Default)]
+pub(crate) struct HostContext {
+    plugin: String,
+    tunnel: String,
+    grants: Grants,
+    link: TunnelLink,
+    conns: HashMap<u32, Option<TcpStream>>,
+    next_conn: u32,
+    log_lines: u32,
+}
+
+impl HostContext {
+    /// A template for the instances of a plugin serving `tunnel`.
+    pub(crate) fn new(tunnel: &str, link: TunnelLink) -> Self {
+        Self {
+            tunnel: tunnel.to_owned(),
+            link,
+            ..Self::default()
+        }
+    }
+
+    /// A fresh context for one instance.
+    pub(crate) fn for_instance(&self, plugin: &str, grants: Grants) -> Self {
+        Self {
+            plugin: plugin.to_owned(),
+            tunnel: self.tunnel.clone(),
+            grants,
+            link: self.link.clone(),
+            ..Self::default()
+        }
+    }
+
+    /// Called before every call: per-call quotas start again.
+    pub(crate) fn begin_call(&mut self) {
+        self.log_lines = 0;
+    }
+
+    /// Closes every connection the plugin opened (at the end of each probe).
+    pub(crate) fn close_all(&mut self) {
+        self.conns.clear();
+    }
+
+    fn stream(
+        &mut self,
+        conn: &Resource<ProbeConnection>,
+        table: &wasmtime::component::ResourceTable,
+    ) -> Result<&mut TcpStream, TcpError> {
+        let id = table.get(conn).map_err(|_| TcpError::Closed)?.id;
+        self.conns
+            .get_mut(&id)
+            .and_then(Option::as_mut)
+            .ok_or(TcpError::Closed)
+    }
+}
+
+fn wait(timeout_ms: u32) -> Result<Duration, TcpError> {
+    if timeout_ms == 0 || timeout_ms > MAX_WAIT_MS {
+        return Err(TcpError::InvalidArgument(format!(
+            "timeout-ms must be 1..={MAX_WAIT_MS}, got {timeout_ms}"
+        )));
+    }
+    Ok(Duration::from_millis(u64::from(timeout_ms)))
+}
+
+impl types::Host for StoreState {}
+
+impl host::Host for StoreState {
+    async fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
+        let host = &mut self.host;
+        host.log_lines += 1;
+        if host.log_lines > MAX_LOG_LINES {
+            if host.log_lines == MAX_LOG_LINES + 1 {
+                tracing::warn!(plugin = %host.plugin, tunnel = %host.tunnel,
+                    "plugin logs too much; further lines of this call are dropped");
+            }
+            return Ok(());
+        }
+        let mut message = message;
+        if message.len() > MAX_LOG_BYTES {
+            let mut cut = MAX_LOG_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push('…');
+        }
+        let (plugin, tunnel) = (&host.plugin, &host.tunnel);
+        match level {
+            types::LogLevel::Trace => {
+                tracing::trace!(plugin = %plugin, tunnel = %tunnel, "{message}")
+            }
+            types::LogLevel::Debug => {
+                tracing::debug!(plugin = %plugin, tunnel = %tunnel, "{message}")
+            }
+            types::LogLevel::Info => {
+                tracing::info!(plugin = %plugin, tunnel = %tunnel, "{message}")
+            }
+            types::LogLevel::Warn => {
+                tracing::warn!(plugin = %plugin, tunnel = %tunnel, "{message}")
+            }
+            types::LogLevel::Error => {
+                tracing::error!(plugin = %plugin, tunnel = %tunnel, "{message}")
+            }
+        }
+        Ok(())
+    }
+}
+
+impl tunnel_tcp::Host for StoreState {
+    async fn connect(
+        &mut self,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<Resource<ProbeConnection>, TcpError>> {
+        let host = &mut self.host;
+        if !host.grants.tunnel_tcp {
+            return Ok(Err(TcpError::Denied(
+                "tunnel-tcp is not granted to this plugin (add grants = [\"tunnel-tcp\"])".into(),
+            )));
+        }
+        let timeout = match wait(timeout_ms) {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(e)),
+        };
+        if host.conns.values().filter(|c| c.is_some()).count() >= MAX_CONNECTIONS {
+            return Ok(Err(TcpError::Denied(format!(
+                "at most {MAX_CONNECTIONS} open connections per call"
+            ))));
+        }
+        let Some(target) = host.link.get().cloned() else {
+            return Ok(Err(TcpError::TunnelDown));
+        };
+        if let Some(status) = &target.status
+            && status.borrow().state != TunnelState::Forwarding
+        {
+            return Ok(Err(TcpError::TunnelDown));
+        }
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(target.address)).await {
+            Err(_) => return Ok(Err(TcpError::Timeout)),
+            Ok(Err(err)) => return Ok(Err(TcpError::Unreachable(err.to_string()))),
+            Ok(Ok(stream)) => stream,
+        };
+        let _ = stream.set_nodelay(true);
+        let id = host.next_conn;
+        host.next_conn = host.next_conn.wrapping_add(1);
+        host.conns.insert(id, Some(stream));
+        Ok(Ok(self.table.push(ProbeConnection { id })?))
+    }
+}
+
+impl tunnel_tcp::HostConnection for StoreState {
+    async fn write(
+        &mut self,
+        conn: Resource<ProbeConnection>,
+        data: Vec<u8>,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<(), TcpError>> {
+        let timeout = match wait(timeout_ms) {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(e)),
+        };
+        if data.len() > MAX_WRITE {
+            return Ok(Err(TcpError::InvalidArgument(format!(
+                "data: at most {MAX_WRITE} bytes per write"
+            ))));
+        }
+        let stream = match self.host.stream(&conn, &self.table) {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(
+            match tokio::time::timeout(timeout, stream.write_all(&data)).await {
+                Err(_) => Err(TcpError::Timeout),
+                Ok(Err(err)) => Err(io_error(&err)),
+                Ok(Ok(())) => Ok(()),
+            },
+        )
+    }
+
+    async fn read(
+        &mut self,
+        conn: Resource<ProbeConnection>,
+        max_bytes: u32,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<Vec<u8>, TcpError>> {
+        let timeout = match wait(timeout_ms) {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(e)),
+        };
+        if max_bytes == 0 || max_bytes > MAX_READ {
+            return Ok(Err(TcpError::InvalidArgument(format!(
+                "max-bytes must be 1..={MAX_READ}, got {max_bytes}"
+            ))));
+        }
+        let stream = match self.host.stream(&conn, &self.table) {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(e)),
+        };
+        let mut buf = vec![0; max_bytes as usize];
+        Ok(
+            match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
+                Err(_) => Err(TcpError::Timeout),
+                Ok(Err(err)) => Err(io_error(&err)),
+                Ok(Ok(n)) => {
+                    buf.truncate(n);
+                    Ok(buf)
+                }
+            },
+        )
+    }
+
+    async fn close(&mut self, conn: Resource<ProbeConnection>) -> wasmtime::Result<()> {
+        if let Ok(c) = self.table.get(&conn) {
+            let id = c.id;
+            if let Some(slot) = self.host.conns.get_mut(&id) {
+                *slot = None;
+            }
+        }
+        Ok(())
+    }
+
+    async fn drop(&mut self, conn: Resource<ProbeConnection>) -> wasmtime::Result<()> {
+        let c = self.table.delete(conn)?;
+        self.host.conns.remove(&c.id);
+        Ok(())
+    }
+}
+
+fn io_error(err: &std::io::Error) -> TcpError {
+    use std::io::ErrorKind;
+    match err.kind() {
+        ErrorKind::ConnectionReset
+        | ErrorKind::ConnectionAborted
+        | ErrorKind::BrokenPipe
+        | ErrorKind::UnexpectedEof => TcpError::Closed,
+        _ => TcpError::Other(err.to_string()),
+    }
+}

@@ -1,0 +1,324 @@
+//! One wasmtime engine per process, the linker with the host's imports, and loading:
+//! bytes → compiled component (cached) → world detected → imports checked once
+//! (`InstancePre`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::{Config, Engine};
+
+use super::bindings::{self, health, hooks, plugin, reconnect};
+use super::builtin;
+use super::cache::ComponentCache;
+use super::error::LoadError;
+use super::sandbox::StoreState;
+use super::spec::{PluginSource, Role};
+
+/// The WIT package version this runtime provides.
+pub const PACKAGE_VERSION: &str = "0.1.0";
+/// The WIT package name.
+const PACKAGE: &str = "ssm-tether:plugin";
+
+/// Epoch tick: the granularity of CPU budgets.
+pub(crate) const TICK: Duration = Duration::from_millis(10);
+
+/// The plugin engine: compiles, caches and links plugins. Cheap to clone.
+#[derive(Clone)]
+pub struct PluginEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    linker: Linker<StoreState>,
+    cache: Option<ComponentCache>,
+}
+
+impl std::fmt::Debug for PluginEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginEngine")
+            .field("cache", &self.inner.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginEngine {
+    /// An engine caching compiled plugins in `cache_dir` (`None`: no disk cache), with an
+    /// epoch ticker thread that ends when the engine is dropped.
+    ///
+    /// # Errors
+    /// wasmtime rejects the configuration, or the linker cannot be built.
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, LoadError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        // Deep recursion traps instead of overflowing the host's stack.
+        config.max_wasm_stack(512 << 10);
+        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        // Rust's wasm32-wasip2 std imports some WASI interfaces; they are served by an empty,
+        // deny-all context (see `sandbox`).
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        bindings::Host_::add_to_linker::<_, HasSelf<StoreState>>(&mut linker, |s| s)
+            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let cache = cache_dir.map(|dir| ComponentCache::new(dir, &engine));
+        spawn_ticker(&engine);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                linker,
+                cache,
+            }),
+        })
+    }
+
+    /// The default cache directory (`$XDG_CACHE_HOME/ssm-tether/plugins` or
+    /// `~/.cache/ssm-tether/plugins`), if a home is known.
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        ComponentCache::default_dir()
+    }
+
+    /// Loads a plugin: reads it, compiles it (or takes it from the cache), finds its world and
+    /// checks its imports. Does not run any of its code.
+    ///
+    /// # Errors
+    /// See [`LoadError`]; every variant names the plugin.
+    pub async fn load(&self, source: &PluginSource) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let label = source.to_string();
+        let bytes: Arc<[u8]> = match source {
+            PluginSource::Builtin(name) => builtin::get(name)
+                .ok_or_else(|| LoadError::UnknownBuiltin {
+                    plugin: label.clone(),
+                    known: builtin::names(),
+                })?
+                .into(),
+            PluginSource::File(path) => tokio::fs::read(path)
+                .await
+                .map_err(|source| LoadError::Read {
+                    plugin: label.clone(),
+                    path: path.clone(),
+                    source,
+                })?
+                .into(),
+        };
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.load_blocking(label, &bytes))
+            .await
+            .map_err(|e| LoadError::Engine(format!("compile task failed: {e}")))?
+    }
+
+    fn load_blocking(&self, label: String, bytes: &[u8]) -> Result<Arc<LoadedPlugin>, LoadError> {
+        check_header(&label, bytes)?;
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let engine = &self.inner.engine;
+        let compiled = match &self.inner.cache {
+            Some(cache) => cache.load_or_compile(engine, bytes, &sha256),
+            None => Component::from_binary(engine, bytes),
+        };
+        let component = compiled.map_err(|e| LoadError::Compile {
+            plugin: label.clone(),
+            detail: format!("{e:#}"),
+        })?;
+        let world = detect_world(&label, engine, &component)?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link {
+                plugin: label.clone(),
+                detail: format!("{e:#}"),
+            })?;
+        let link = |e: wasmtime::Error| LoadError::Link {
+            plugin: label.clone(),
+            detail: format!("{e:#}"),
+        };
+        let plugin_exports = plugin::GuestIndices::new(&pre).map_err(link)?;
+        let role_exports = match world {
+            Role::ReconnectPolicy => {
+                RoleIndices::Reconnect(reconnect::GuestIndices::new(&pre).map_err(link)?)
+            }
+            Role::HealthCheck => {
+                RoleIndices::Health(health::GuestIndices::new(&pre).map_err(link)?)
+            }
+            Role::EventHook => RoleIndices::Hooks(hooks::GuestIndices::new(&pre).map_err(link)?),
+        };
+        let imports = component
+            .component_type()
+            .imports(engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        Ok(Arc::new(LoadedPlugin {
+            label,
+            world,
+            sha256,
+            size: bytes.len(),
+            imports,
+            pre,
+            plugin_exports,
+            role_exports,
+        }))
+    }
+}
+
+/// A compiled, linked plugin: instantiating it is cheap and cannot fail on imports.
+pub struct LoadedPlugin {
+    /// As written in the policy file.
+    pub label: String,
+    /// The world it implements.
+    pub world: Role,
+    /// sha256 of the component bytes, hex.
+    pub sha256: String,
+    /// Size of the component, bytes.
+    pub size: usize,
+    /// Every import name (interfaces), e.g. `ssm-tether:plugin/tunnel-tcp@0.1.0`.
+    pub imports: Vec<String>,
+    pub(crate) pre: InstancePre<StoreState>,
+    pub(crate) plugin_exports: plugin::GuestIndices,
+    pub(crate) role_exports: RoleIndices,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("label", &self.label)
+            .field("world", &self.world)
+            .field("sha256", &self.sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedPlugin {
+    /// Runs the plugin's `describe` in a sandbox with its world's default limits.
+    ///
+    /// # Errors
+    /// The plugin traps or exceeds its limits while starting.
+    pub async fn describe(self: &Arc<Self>) -> Result<super::PluginInfo, LoadError> {
+        let spec = super::PluginSpec::new(PluginSource::Builtin(String::new()), self.world);
+        super::sandbox::Sandbox::describe(Arc::clone(self), spec).await
+    }
+
+    /// Whether it imports the `tunnel-tcp` capability (and so needs the grant to do its job).
+    pub fn uses_tunnel_tcp(&self) -> bool {
+        self.imports
+            .iter()
+            .any(|i| i.starts_with(&format!("{PACKAGE}/tunnel-tcp@")))
+    }
+
+    /// Fails unless it implements `role`'s world.
+    ///
+    /// # Errors
+    /// [`LoadError::WrongWorld`].
+    pub fn expect_role(&self, role: Role) -> Result<(), LoadError> {
+        if self.world == role {
+            Ok(())
+        } else {
+            Err(LoadError::WrongWorld {
+                plugin: self.label.clone(),
+                expected: role,
+                found: self.world,
+            })
+        }
+    }
+}
+
+pub(crate) enum RoleIndices {
+    Reconnect(reconnect::GuestIndices),
+    Health(health::GuestIndices),
+    Hooks(hooks::GuestIndices),
+}
+
+/// Recognises a component before handing it to Cranelift, for a message that says what the
+/// file is instead.
+fn check_header(label: &str, bytes: &[u8]) -> Result<(), LoadError> {
+    let not = |detail: String| LoadError::NotAComponent {
+        plugin: label.to_owned(),
+        detail,
+    };
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(not(
+            "it is a core WebAssembly module; build a component, e.g. \
+             `cargo build --target wasm32-wasip2`"
+                .into(),
+        )),
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(()),
+        _ => {
+            let head = &bytes[..bytes.len().min(8)];
+            Err(not(format!(
+                "no WebAssembly header ({} bytes, starting {})",
+                bytes.len(),
+                hex::encode(head)
+            )))
+        }
+    }
+}
+
+/// The world, from the component's exports: unused imports are dropped at build time, so
+/// only exports tell the worlds apart.
+fn detect_world(label: &str, engine: &Engine, component: &Component) -> Result<Role, LoadError> {
+    let exports: Vec<String> = component
+        .component_type()
+        .exports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    let mut found = None;
+    for name in &exports {
+        let Some(rest) = name.strip_prefix(PACKAGE).and_then(|r| r.strip_prefix('/')) else {
+            continue;
+        };
+        let (interface, version) = rest.split_once('@').unwrap_or((rest, ""));
+        let role = match interface {
+            "reconnect" => Role::ReconnectPolicy,
+            "health" => Role::HealthCheck,
+            "hooks" => Role::EventHook,
+            _ => continue,
+        };
+        if !compatible(version) {
+            return Err(LoadError::IncompatibleVersion {
+                plugin: label.to_owned(),
+                found: if version.is_empty() {
+                    "(unversioned)".to_owned()
+                } else {
+                    version.to_owned()
+                },
+                supported: PACKAGE_VERSION,
+            });
+        }
+        found = Some(role);
+    }
+    found.ok_or_else(|| LoadError::NoWorld {
+        plugin: label.to_owned(),
+        exports: if exports.is_empty() {
+            "nothing".to_owned()
+        } else {
+            exports.join(", ")
+        },
+    })
+}
+
+/// Whether a guest built for `version` works with this host. The host binds exports by their
+/// exact name, so only the same version is accepted until a second version is bound.
+fn compatible(version: &str) -> bool {
+    version == PACKAGE_VERSION
+}
+
+/// Advances the engine's epoch every [`TICK`] until the engine is dropped.
+fn spawn_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("plugin-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(TICK);
+            }
+        });
+    if let Err(err) = spawned {
+        // Without the ticker, calls run until their wall-clock timeout instead of their CPU
+        // budget: degraded, not unsafe.
+        tracing::error!(error = %err, "plugin epoch ticker not started");
+    }
+}

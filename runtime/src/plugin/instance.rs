@@ -1,0 +1,194 @@
+//! A started plugin serving one tunnel: its sandbox, its metadata, and quarantine.
+//!
+//! Failures are counted per instance; after [`QUARANTINE_AFTER`] in a row the plugin is not
+//! called for a backoff (10 s, doubling to 10 min) and the fallback answers at once, so a
+//! plugin that keeps trapping costs nothing per event. The first success after a quarantine
+//! resets the backoff.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::bindings::types as wit;
+use super::capability::{HostContext, TunnelLink};
+use super::convert;
+use super::engine::PluginEngine;
+use super::error::{CallFailure, LoadError};
+use super::sandbox::{Failure, Sandbox};
+use super::spec::{PluginSpec, Role};
+use crate::recovery::{Decision, DecisionContext};
+use crate::session::{ProbeOutcome, TunnelEvent};
+
+/// Consecutive failures after which a plugin is quarantined.
+pub const QUARANTINE_AFTER: u32 = 3;
+const FIRST_QUARANTINE: Duration = Duration::from_secs(10);
+const MAX_QUARANTINE: Duration = Duration::from_secs(600);
+
+/// A plugin instance for one tunnel and role.
+pub struct PluginInstance {
+    label: String,
+    role: Role,
+    info: wit::PluginInfo,
+    tunnel: wit::TunnelInfo,
+    sandbox: tokio::sync::Mutex<Sandbox>,
+    health: Mutex<Quarantine>,
+}
+
+impl std::fmt::Debug for PluginInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginInstance")
+            .field("label", &self.label)
+            .field("role", &self.role)
+            .field("name", &self.info.name)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Quarantine {
+    consecutive: u32,
+    until: Option<Instant>,
+    backoff: Option<Duration>,
+}
+
+/// The static facts about a tunnel that plugins see.
+pub type TunnelInfo = wit::TunnelInfo;
+
+/// A plugin's own description.
+pub type PluginInfo = wit::PluginInfo;
+
+impl PluginInstance {
+    /// Loads (or takes from the cache), instantiates and initialises a plugin for `role`.
+    ///
+    /// # Errors
+    /// Missing file, not a component, wrong world or version, a trap during start-up, or a
+    /// config rejected by `init`, each naming the plugin.
+    pub async fn start(
+        engine: &PluginEngine,
+        spec: &PluginSpec,
+        role: Role,
+        tunnel: TunnelInfo,
+        link: TunnelLink,
+    ) -> Result<Self, LoadError> {
+        let loaded = engine.load(&spec.source).await?;
+        loaded.expect_role(role)?;
+        let host = HostContext::new(&tunnel.name, link);
+        let label = loaded.label.clone();
+        let (sandbox, info) = Sandbox::start(loaded, spec.clone(), host).await?;
+        Ok(Self {
+            label,
+            role,
+            info,
+            tunnel,
+            sandbox: tokio::sync::Mutex::new(sandbox),
+            health: Mutex::new(Quarantine::default()),
+        })
+    }
+
+    /// The plugin as written in the policy file (`builtin:NAME` or the path).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The role it serves.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// What `describe` returned.
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// Asks a reconnect policy for the next step.
+    ///
+    /// # Errors
+    /// The plugin trapped, ran out of budget or time, answered nonsense, or is quarantined:
+    /// the caller's fallback decides.
+    pub async fn decide(&self, context: &DecisionContext) -> Result<Decision, CallFailure> {
+        self.admit()?;
+        let context = convert::decision_context(&self.tunnel, context);
+        let result = {
+            let mut sandbox = self.sandbox.lock().await;
+            let answer = sandbox.decide(&context).await;
+            match answer.map(convert::decision) {
+                Ok(Ok(decision)) => Ok(decision),
+                Ok(Err(bad)) => {
+                    sandbox.discard();
+                    Err(Failure::Broken(bad))
+                }
+                Err(failure) => Err(failure),
+            }
+        };
+        self.record(result)
+    }
+
+    /// Runs one probe of a health check.
+    ///
+    /// # Errors
+    /// As [`decide`](Self::decide); a failed call is no verdict about the tunnel.
+    pub async fn check(&self, consecutive_failures: u32) -> Result<ProbeOutcome, CallFailure> {
+        self.admit()?;
+        let result = {
+            let mut sandbox = self.sandbox.lock().await;
+            let budget = sandbox.limits().timeout;
+            let context = convert::probe_context(&self.tunnel, consecutive_failures, budget);
+            sandbox.check(&context).await.map(convert::probe_outcome)
+        };
+        self.record(result)
+    }
+
+    /// Delivers one event to an event hook.
+    ///
+    /// # Errors
+    /// As [`decide`](Self::decide).
+    pub async fn on_event(&self, event: &TunnelEvent) -> Result<(), CallFailure> {
+        self.admit()?;
+        let event = convert::event(event);
+        let result = self.sandbox.lock().await.on_event(&event).await;
+        self.record(result)
+    }
+
+    fn admit(&self) -> Result<(), CallFailure> {
+        let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        match health.until {
+            Some(until) if Instant::now() < until => Err(CallFailure {
+                plugin: self.label.clone(),
+                reason: format!(
+                    "quarantined for another {:?} after {} failures in a row",
+                    until.saturating_duration_since(Instant::now()),
+                    health.consecutive
+                ),
+                quarantined: true,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn record<R>(&self, result: Result<R, Failure>) -> Result<R, CallFailure> {
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(answer) => {
+                *health = Quarantine::default();
+                Ok(answer)
+            }
+            Err(failure) => {
+                health.consecutive += 1;
+                let quarantined = health.consecutive >= QUARANTINE_AFTER;
+                if quarantined {
+                    let backoff = health
+                        .backoff
+                        .map_or(FIRST_QUARANTINE, |b| (b * 2).min(MAX_QUARANTINE));
+                    health.backoff = Some(backoff);
+                    health.until = Some(Instant::now() + backoff);
+                    tracing::warn!(plugin = %self.label, tunnel = %self.tunnel.name, ?backoff,
+                        "plugin quarantined after {} failures in a row", health.consecutive);
+                }
+                Err(CallFailure {
+                    plugin: self.label.clone(),
+                    reason: failure.reason(),
+                    quarantined,
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! One plugin instance in its own store: memory cap, CPU budget, wall-clock timeout, an
+//! empty WASI context, and the rule that any failure throws the instance away.
+//!
+//! Calls are made on a warm instance (kept between calls so a decision costs tens of
+//! microseconds, not an instantiation). After any trap, timeout or bad answer the store is
+//! dropped — wasmtime poisons a trapped instance anyway — and the next call instantiates a
+//! fresh one from the `InstancePre` and runs `init` again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{health, hooks, reconnect, types};
+use super::capability::HostContext;
+use super::engine::{LoadedPlugin, RoleIndices, TICK};
+use super::error::LoadError;
+use super::spec::{Limits, PluginSpec};
+
+/// What a plugin's store holds.
+pub(crate) struct StoreState {
+    wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    limiter: MemoryLimiter,
+    pub(crate) host: HostContext,
+    /// Epoch ticks the current call has used, and its budget.
+    ticks: u64,
+    tick_budget: u64,
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Caps linear memory and records that the cap was hit, so the failure can say so.
+struct MemoryLimiter {
+    cap: usize,
+    exceeded: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.exceeded = true;
+            wasmtime::bail!("memory limit reached")
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+
+    // Components built by componentize-py need dozens of core instances.
+    fn instances(&self) -> usize {
+        128
+    }
+
+    fn tables(&self) -> usize {
+        128
+    }
+
+    fn memories(&self) -> usize {
+        128
+    }
+}
+
+/// The role-specific exports of a live instance.
+enum Exports {
+    Reconnect(reconnect::Guest),
+    Health(health::Guest),
+    Hooks(hooks::Guest),
+}
+
+struct Live {
+    store: Store<StoreState>,
+    exports: Exports,
+}
+
+/// A plugin instance with its limits; see the module docs.
+pub(crate) struct Sandbox {
+    plugin: Arc<LoadedPlugin>,
+    spec: PluginSpec,
+    host: HostContext,
+    live: Option<Live>,
+}
+
+/// Why a call produced no answer.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The plugin trapped, ran out of budget or time, or answered nonsense.
+    Broken(String),
+    /// `init` returned an error.
+    Rejected(String),
+}
+
+impl Failure {
+    pub(crate) fn reason(&self) -> String {
+        match self {
+            Self::Broken(reason) => reason.clone(),
+            Self::Rejected(message) => format!("rejected its config: {message}"),
+        }
+    }
+}
+
+impl Sandbox {
+    /// Instantiates the plugin and runs `describe` and `init`: a plugin that cannot do that
+    /// is refused here, at load time, not on the first event.
+    pub(crate) async fn start(
+        plugin: Arc<LoadedPlugin>,
+        spec: PluginSpec,
+        host: HostContext,
+    ) -> Result<(Self, types::PluginInfo), LoadError> {
+        let mut sandbox = Self {
+            plugin,
+            spec,
+            host,
+            live: None,
+        };
+        let label = sandbox.plugin.label.clone();
+        match sandbox.instantiate(true).await {
+            Ok((live, info)) => {
+                sandbox.live = Some(live);
+                Ok((sandbox, info))
+            }
+            Err(Failure::Rejected(message)) => Err(LoadError::ConfigRejected {
+                plugin: label,
+                message,
+            }),
+            Err(Failure::Broken(detail)) => Err(LoadError::Start {
+                plugin: label,
+                detail,
+            }),
+        }
+    }
+
+    /// The limits.
+    pub(crate) fn limits(&self) -> Limits {
+        self.spec.limits
+    }
+
+    /// Instantiates the plugin and calls `describe` only (for `plugin inspect`, where the
+    /// config is unknown).
+    pub(crate) async fn describe(
+        plugin: Arc<LoadedPlugin>,
+        spec: PluginSpec,
+    ) -> Result<types::PluginInfo, LoadError> {
+        let label = plugin.label.clone();
+        let mut sandbox = Self {
+            plugin,
+            spec,
+            host: HostContext::default(),
+            live: None,
+        };
+        sandbox
+            .instantiate(false)
+            .await
+            .map(|(_, info)| info)
+            .map_err(|failure| LoadError::Start {
+                plugin: label,
+                detail: failure.reason(),
+            })
+    }
+
+    async fn instantiate(&mut self, init: bool) -> Result<(Live, types::PluginInfo), Failure> {
+        let limits = self.spec.limits;
+        let cap = usize::try_from(limits.memory).unwrap_or(usize::MAX);
+        let state = StoreState {
+            // Deny-all: no preopens, env, args or network; stdio discarded.
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                cap,
+                exceeded: false,
+            },
+            host: self.host.for_instance(&self.plugin.label, self.spec.grants),
+            ticks: 0,
+            tick_budget: budget_ticks(limits.cpu),
+        };
+        let mut store = Store::new(self.plugin.pre.engine(), state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_callback(|mut ctx| {
+            let state = ctx.data_mut();
+            state.ticks += 1;
+            Ok(if state.ticks >= state.tick_budget {
+                UpdateDeadline::Interrupt
+            } else {
+                // Yield so a busy plugin never holds a runtime thread for a whole tick.
+                UpdateDeadline::Yield(1)
+            })
+        });
+        arm(&mut store);
+        let plugin = &self.plugin;
+        let setup = async {
+            let instance = plugin.pre.instantiate_async(&mut store).await?;
+            let meta = plugin.plugin_exports.load(&mut store, &instance)?;
+            let exports = match &plugin.role_exports {
+                RoleIndices::Reconnect(i) => Exports::Reconnect(i.load(&mut store, &instance)?),
+                RoleIndices::Health(i) => Exports::Health(i.load(&mut store, &instance)?),
+                RoleIndices::Hooks(i) => Exports::Hooks(i.load(&mut store, &instance)?),
+            };
+            let info = meta.call_describe(&mut store).await?;
+            let init = if init {
+                meta.call_init(&mut store, &self.spec.config).await?
+            } else {
+                Ok(())
+            };
+            wasmtime::Result::Ok((exports, info, init))
+        };
+        let outcome = tokio::time::timeout(limits.timeout, setup).await;
+        match settle(&mut store, limits, outcome) {
+            Ok((exports, info, Ok(()))) => Ok((Live { store, exports }, info)),
+            Ok((_, _, Err(message))) => Err(Failure::Rejected(message)),
+            Err(reason) => Err(Failure::Broken(reason)),
+        }
+    }
+
+    /// The warm instance, instantiated again if the last one was dropped.
+    async fn live(&mut self) -> Result<&mut Live, Failure> {
+        if self.live.is_none() {
+            let (live, _) = self.instantiate(true).await?;
+            self.live = Some(live);
+        }
+        self.live
+            .as_mut()
+            .ok_or_else(|| Failure::Broken("no instance".into()))
+    }
+
+    /// Asks a reconnect policy.
+    pub(crate) async fn decide(
+        &mut self,
+        context: &types::DecisionContext,
+    ) -> Result<types::Decision, Failure> {
+        let limits = self.spec.limits;
+        let live = self.live().await?;
+        let Exports::Reconnect(guest) = &live.exports else {
+            return Err(Failure::Broken("not a reconnect policy".into()));
+        };
+        arm(&mut live.store);
+        let outcome =
+            tokio::time::timeout(limits.timeout, guest.call_decide(&mut live.store, context)).await;
+        let result = settle(&mut live.store, limits, outcome);
+        self.keep_if(result)
+    }
+
+    /// Runs a health check.
+    pub(crate) async fn check(
+        &mut self,
+        context: &types::ProbeContext,
+    ) -> Result<types::ProbeOutcome, Failure> {
+        let limits = self.spec.limits;
+        let live = self.live().await?;
+        let Exports::Health(guest) = &live.exports else {
+            return Err(Failure::Broken("not a health check".into()));
+        };
+        arm(&mut live.store);
+        let outcome =
+            tokio::time::timeout(limits.timeout, guest.call_check(&mut live.store, context)).await;
+        let result = settle(&mut live.store, limits, outcome);
+        // Connections the probe left open are closed when its call ends.
+        live.store.data_mut().host.close_all();
+        self.keep_if(result)
+    }
+
+    /// Delivers one event to a hook.
+    pub(crate) async fn on_event(&mut self, event: &types::TunnelEvent) -> Result<(), Failure> {
+        let limits = self.spec.limits;
+        let live = self.live().await?;
+        let Exports::Hooks(guest) = &live.exports else {
+            return Err(Failure::Broken("not an event hook".into()));
+        };
+        arm(&mut live.store);
+        let outcome =
+            tokio::time::timeout(limits.timeout, guest.call_on_event(&mut live.store, event)).await;
+        let result = settle(&mut live.store, limits, outcome);
+        self.keep_if(result)
+    }
+
+    /// Drops the instance (after a bad answer): the next call starts a fresh one.
+    pub(crate) fn discard(&mut self) {
+        self.live = None;
+    }
+
+    /// Drops the instance after a failure: it may be poisoned or mid-call.
+    fn keep_if<R>(&mut self, result: Result<R, String>) -> Result<R, Failure> {
+        result.map_err(|reason| {
+            self.live = None;
+            Failure::Broken(reason)
+        })
+    }
+}
+
+fn budget_ticks(cpu: Duration) -> u64 {
+    u64::try_from(cpu.as_millis().div_ceil(TICK.as_millis()))
+        .unwrap_or(u64::MAX)
+        .max(1)
+        // The first tick may come at once (the ticker is not aligned with the call).
+        .saturating_add(1)
+}
+
+/// Resets the CPU budget before a call.
+fn arm(store: &mut Store<StoreState>) {
+    let state = store.data_mut();
+    state.ticks = 0;
+    state.host.begin_call();
+    store.set_epoch_deadline(1);
+}
+
+/// Turns a call's outcome into an answer or a reason that names the limit that was hit.
+fn settle<R>(
+    store: &mut Store<StoreState>,
+    limits: Limits,
+    outcome: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>,
+) -> Result<R, String> {
+    let err = match outcome {
+        Ok(Ok(answer)) => return Ok(answer),
+        Ok(Err(err)) => err,
+        Err(_) => {
+            return Err(format!(
+                "wall-clock timeout: no answer within {:?}",
+                limits.timeout
+            ));
+        }
+    };
+    let state = store.data_mut();
+    if std::mem::take(&mut state.limiter.exceeded) {
+        return Err(format!(
+            "memory limit of {} MiB exceeded",
+            limits.memory >> 20
+        ));
+    }
+    Err(match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => format!("CPU budget of {:?} exhausted", limits.cpu),
+        Some(Trap::StackOverflow) => "stack overflow".to_owned(),
+        Some(Trap::UnreachableCodeReached) => {
+            "trapped: unreachable instruction (a panic or abort in the plugin)".to_owned()
+        }
+        Some(trap) => format!("trapped: {trap}"),
+        None => format!("failed: {err:#}"),
+    })
+}

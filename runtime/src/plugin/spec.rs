@@ -1,0 +1,182 @@
+//! What the policy file says about a plugin: where it comes from, its config, limits and
+//! grants. Parsed by `crate::policy`, consumed by the host.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Prefix that names a plugin embedded in the binary.
+pub const BUILTIN_PREFIX: &str = "builtin:";
+
+/// Where a plugin's component comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PluginSource {
+    /// A component embedded in the binary (`builtin:NAME`).
+    Builtin(String),
+    /// A `.wasm` file (absolute, or made absolute against the policy file's directory).
+    File(PathBuf),
+}
+
+impl PluginSource {
+    /// Reads `plugin = "…"`: `builtin:NAME` or a path, relative paths against `base`.
+    pub fn parse(text: &str, base: &Path) -> Self {
+        match text.strip_prefix(BUILTIN_PREFIX) {
+            Some(name) => Self::Builtin(name.to_owned()),
+            None => Self::File(base.join(text)),
+        }
+    }
+}
+
+impl fmt::Display for PluginSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Builtin(name) => write!(f, "{BUILTIN_PREFIX}{name}"),
+            Self::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// The role a plugin serves, which fixes the world it must implement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// `reconnect-policy`: decides every recovery step.
+    ReconnectPolicy,
+    /// `health-check`: probes the tunnel end to end.
+    HealthCheck,
+    /// `event-hook`: observes lifecycle events.
+    EventHook,
+}
+
+impl Role {
+    /// The WIT world's name.
+    pub fn world(self) -> &'static str {
+        match self {
+            Self::ReconnectPolicy => "reconnect-policy",
+            Self::HealthCheck => "health-check",
+            Self::EventHook => "event-hook",
+        }
+    }
+
+    /// Default limits for the role: decisions and hooks must be quick; a probe waits on the
+    /// network.
+    pub fn default_limits(self) -> Limits {
+        match self {
+            Self::ReconnectPolicy | Self::EventHook => Limits {
+                memory: 32 << 20,
+                cpu: Duration::from_millis(50),
+                timeout: Duration::from_secs(1),
+            },
+            Self::HealthCheck => Limits {
+                memory: 32 << 20,
+                cpu: Duration::from_millis(200),
+                timeout: Duration::from_secs(5),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.world())
+    }
+}
+
+/// Per-call limits of a plugin instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest linear memory, bytes (`memory_mb` in the policy file).
+    pub memory: u64,
+    /// CPU budget per call (`cpu`), measured in 10 ms epoch ticks while wasm runs.
+    pub cpu: Duration,
+    /// Wall-clock limit per call (`timeout`), including time blocked in host calls.
+    pub timeout: Duration,
+}
+
+/// Capabilities granted to a plugin (`grants = [...]`); everything else is denied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// `tunnel-tcp`: open TCP connections through the tunnel.
+    pub tunnel_tcp: bool,
+}
+
+impl Grants {
+    /// Every grant name the policy file accepts.
+    pub const NAMES: &'static [&'static str] = &["tunnel-tcp"];
+
+    /// Adds the grant called `name`; `false` when no grant has that name.
+    pub fn add(&mut self, name: &str) -> bool {
+        match name {
+            "tunnel-tcp" => self.tunnel_tcp = true,
+            _ => return false,
+        }
+        true
+    }
+}
+
+/// One plugin entry of the policy file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginSpec {
+    /// `plugin = "…"`.
+    pub source: PluginSource,
+    /// The `config` table as a JSON object, passed to `init`.
+    pub config: String,
+    /// Limits per call.
+    pub limits: Limits,
+    /// Capabilities.
+    pub grants: Grants,
+}
+
+impl PluginSpec {
+    /// A plugin with the role's default limits, no grants and an empty config.
+    pub fn new(source: PluginSource, role: Role) -> Self {
+        Self {
+            source,
+            config: "{}".to_owned(),
+            limits: role.default_limits(),
+            grants: Grants::default(),
+        }
+    }
+}
+
+/// A `[[tunnel.health_check]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheckSpec {
+    /// The plugin.
+    pub plugin: PluginSpec,
+    /// Time between runs (`interval`).
+    pub interval: Duration,
+    /// Consecutive unhealthy runs after which the reconnect policy is asked
+    /// (`unhealthy_after`).
+    pub unhealthy_after: u32,
+}
+
+/// Default `interval` of a health check.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(30);
+/// Default `unhealthy_after` of a health check.
+pub const DEFAULT_UNHEALTHY_AFTER: u32 = 3;
+
+/// The plugins of one tunnel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TunnelPluginSpecs {
+    /// `[tunnel.reconnect]`; `None`: the built-in policy decides.
+    pub reconnect: Option<PluginSpec>,
+    /// `[[tunnel.health_check]]`.
+    pub health_checks: Vec<HealthCheckSpec>,
+    /// `[[tunnel.hook]]`.
+    pub hooks: Vec<PluginSpec>,
+}
+
+impl TunnelPluginSpecs {
+    /// Every plugin entry with its role.
+    pub fn entries(&self) -> impl Iterator<Item = (Role, &PluginSpec)> {
+        self.reconnect
+            .iter()
+            .map(|p| (Role::ReconnectPolicy, p))
+            .chain(
+                self.health_checks
+                    .iter()
+                    .map(|h| (Role::HealthCheck, &h.plugin)),
+            )
+            .chain(self.hooks.iter().map(|p| (Role::EventHook, p)))
+    }
+}

@@ -111,3 +111,76 @@ async fn run_forwards_and_sigterm_terminates_the_session_with_exit_0() {
     });
     assert!(terminated, "TerminateSession reached the emulator");
 }
+
+#[test]
+fn check_fails_with_the_plugins_own_message_when_it_rejects_its_config() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tunnels.toml");
+    std::fs::write(
+        &path,
+        "[[tunnel]]\nname = \"db\"\ntarget = \"i-0123\"\nremote_port = 5432\n\n\
+         [tunnel.reconnect]\nplugin = \"builtin:exponential-backoff\"\n\
+         config = { base_ms = 100, cap_ms = 10 }\n",
+    )
+    .expect("write");
+    let out = ssm_tether().arg("check").arg(&path).output().expect("runs");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("builtin:exponential-backoff") && stderr.contains("cap_ms"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn plugin_inspect_and_test_talk_to_authors() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/plugins");
+    let out = ssm_tether()
+        .args(["plugin", "inspect", "builtin:tcp-connect"])
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ssm-tether:plugin/health-check@0.1.0")
+            && stdout.contains("name:     tcp-connect")
+            && stdout.contains("tunnel-tcp"),
+        "{stdout}"
+    );
+
+    let out = ssm_tether()
+        .args(["plugin", "test", "builtin:exponential-backoff"])
+        .args(["--event", "session-gone"])
+        .output()
+        .expect("runs");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("answer:   Restart"),
+        "{out:?}"
+    );
+
+    let out = ssm_tether()
+        .args(["plugin", "test", &format!("{fixtures}/hostile-policy.wasm")])
+        .args(["--config", r#"{"mode":"loop"}"#])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("CPU budget"),
+        "{out:?}"
+    );
+
+    let out = ssm_tether()
+        .args([
+            "plugin",
+            "inspect",
+            &format!("{fixtures}/future-policy.wasm"),
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ssm-tether:plugin@0.2.0"),
+        "{out:?}"
+    );
+}

@@ -59,7 +59,20 @@ fn example_file_is_valid_and_merges_defaults() {
         r#"{"host":["db.internal"],"localPortNumber":["0"],"portNumber":["5432"]}"#
     );
 
+    let plugins = &db.plugins;
+    assert_eq!(
+        plugins.reconnect.as_ref().map(|p| p.source.to_string()),
+        Some("builtin:exponential-backoff".to_owned())
+    );
+    assert_eq!(plugins.health_checks.len(), 1);
+    assert!(plugins.health_checks[0].plugin.grants.tunnel_tcp);
+    assert_eq!(plugins.hooks.len(), 1);
+
     let web = &policy.tunnels[1];
+    assert!(
+        web.plugins.reconnect.is_none(),
+        "plugins are per tunnel here"
+    );
     assert_eq!(web.local, addr("0.0.0.0:8080"));
     assert_eq!(web.aws.region.as_deref(), Some("eu-west-1"));
     assert_eq!(web.aws.profile.as_deref(), Some("staging"));
@@ -458,4 +471,136 @@ fn load_reports_unreadable_files_and_resolves_relative_aws_files() {
         "{e}"
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn plugin_tables_merge_with_defaults_and_resolve_paths() {
+    use ssm_tether::plugin::{PluginSource, Role};
+    let text = r#"
+[defaults.reconnect]
+plugin = "builtin:exponential-backoff"
+config = { base_ms = 100, nested = { list = [1, "two"] } }
+cpu = "20ms"
+
+[[defaults.hook]]
+plugin = "builtin:log"
+
+[[tunnel]]
+name = "a"
+target = "i-1"
+remote_port = 1
+
+[[tunnel]]
+name = "b"
+target = "i-2"
+remote_port = 2
+
+[[tunnel.health_check]]
+plugin = "probes/redis.wasm"
+grants = ["tunnel-tcp"]
+interval = "10s"
+unhealthy_after = 2
+memory_mb = 64
+timeout = "3s"
+
+[tunnel.reconnect]
+plugin = "policy.wasm"
+"#;
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("tunnels.toml");
+    std::fs::write(&path, text).expect("write");
+    let policy = policy::load(&path).expect("valid");
+    let a = &policy.tunnels[0].plugins;
+    let reconnect = a.reconnect.as_ref().expect("inherited");
+    assert_eq!(
+        reconnect.source,
+        PluginSource::Builtin("exponential-backoff".into())
+    );
+    let config: serde_json::Value = serde_json::from_str(&reconnect.config).expect("json");
+    assert_eq!(
+        config,
+        serde_json::json!({"base_ms": 100, "nested": {"list": [1, "two"]}})
+    );
+    assert_eq!(reconnect.limits.cpu, Duration::from_millis(20));
+    assert_eq!(a.hooks.len(), 1);
+    assert!(a.health_checks.is_empty());
+
+    let b = &policy.tunnels[1].plugins;
+    assert_eq!(
+        b.reconnect.as_ref().expect("own").source,
+        PluginSource::File(dir.path().join("policy.wasm"))
+    );
+    let check = &b.health_checks[0];
+    assert_eq!(
+        check.plugin.source,
+        PluginSource::File(dir.path().join("probes/redis.wasm"))
+    );
+    assert!(check.plugin.grants.tunnel_tcp);
+    assert_eq!(check.interval, Duration::from_secs(10));
+    assert_eq!(check.unhealthy_after, 2);
+    assert_eq!(check.plugin.limits.memory, 64 << 20);
+    assert_eq!(check.plugin.limits.timeout, Duration::from_secs(3));
+    assert_eq!(check.plugin.config, "{}");
+    assert_eq!(b.hooks.len(), 1, "[defaults] hooks apply");
+    assert_eq!(
+        b.entries().map(|(role, _)| role).collect::<Vec<_>>(),
+        [Role::ReconnectPolicy, Role::HealthCheck, Role::EventHook]
+    );
+}
+
+#[test]
+fn plugin_entry_errors_name_the_field_and_value() {
+    let base = "[[tunnel]]\nname = \"a\"\ntarget = \"i-1\"\nremote_port = 1\n";
+    let cases = [
+        (
+            "[tunnel.reconnect]\nconfig = {}\n",
+            "tunnels.toml:5:1: tunnel[0].reconnect.plugin: missing",
+        ),
+        (
+            "[tunnel.reconnect]\nplugin = \"builtin:nope\"\n",
+            "tunnels.toml:6:10: tunnel[0].reconnect.plugin: \"builtin:nope\" is not a built-in plugin",
+        ),
+        (
+            "[[tunnel.hook]]\nplugin = \"builtin:log\"\ngrants = [\"network\"]\n",
+            "tunnels.toml:7:11: tunnel[0].hook[0].grants: \"network\" is not a grant (known: tunnel-tcp)",
+        ),
+        (
+            "[[tunnel.health_check]]\nplugin = \"x.wasm\"\nunhealthy_after = 0\n",
+            "tunnels.toml:7:19: tunnel[0].health_check[0].unhealthy_after: 0 must be at least 1",
+        ),
+        (
+            "[[tunnel.health_check]]\nplugin = \"x.wasm\"\nmemory_mb = 1\n",
+            "tunnels.toml:7:13: tunnel[0].health_check[0].memory_mb: 1 must be 2..=4096 (MiB)",
+        ),
+        (
+            "[tunnel.reconnect]\nplugin = \"x.wasm\"\nconfig = 3\n",
+            "tunnels.toml:7:10: tunnel[0].reconnect.config: 3 is an integer, expected a table",
+        ),
+        (
+            "[tunnel.reconnect]\nplugin = \"x.wasm\"\nintervl = \"1s\"\n",
+            "tunnels.toml:7:1: tunnel[0].reconnect.intervl: unknown key",
+        ),
+    ];
+    for (table, expected) in cases {
+        let message = err(&format!("{base}{table}"));
+        assert!(
+            message.starts_with(expected),
+            "{table:?}\n got: {message}\nwant: {expected}…"
+        );
+    }
+}
+
+#[test]
+fn the_redis_example_policy_is_valid() {
+    let path = examples_dir().join("redis-check/tunnels.toml");
+    let policy = policy::load(&path).expect("examples/redis-check/tunnels.toml is valid");
+    let check = &policy.tunnels[0].plugins.health_checks[0];
+    assert!(
+        check
+            .plugin
+            .source
+            .to_string()
+            .ends_with("redis_check.wasm")
+    );
+    assert!(check.plugin.grants.tunnel_tcp);
 }

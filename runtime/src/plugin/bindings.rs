@@ -34,5 +34,5 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use exports::ssm_tether::plugin::{health, hooks, plugin, reconnect};
-pub use ssm_tether::plugin::{host, tunnel_tcp, types};
+pub use self::exports::ssm_tether::plugin::{health, hooks, plugin, reconnect};
+pub use self::ssm_tether::plugin::{host, tunnel_tcp, types};

@@ -60,6 +60,22 @@
 //!     down this long.
 //!   * `stable_after` (default `60s`): a connection up this long resets the attempt budget.
 //!
+//! * Plugins (a tunnel's table for a role replaces `[defaults]`' table for that role):
+//!   * `[reconnect]` (one table): the reconnect-policy plugin; without it the built-in
+//!     policy (`[recovery]`) decides. The built-in policy is also the fallback whenever the
+//!     plugin fails.
+//!   * `[[health_check]]` (array): health-check plugins. Extra keys: `interval` (default
+//!     `30s`) and `unhealthy_after` (default `3`, ≥ 1): consecutive unhealthy runs after
+//!     which the reconnect policy is asked (cause `probe-failed`).
+//!   * `[[hook]]` (array): event-hook plugins, given every lifecycle event.
+//!
+//!   Every plugin entry takes `plugin` (required: `"PATH.wasm"`, relative to the policy file,
+//!   or `"builtin:NAME"` for `exponential-backoff`, `tcp-connect`, `http`, `log`), `config`
+//!   (a table, given to the plugin's `init` as JSON), `grants` (capabilities, e.g.
+//!   `["tunnel-tcp"]`; default none), and the limits `memory_mb` (2–4096, default 32),
+//!   `cpu` (CPU budget per call, default `50ms`, `200ms` for health checks) and `timeout`
+//!   (wall clock per call, at most `5m`; default `1s`, `5s` for health checks).
+//!
 //! Durations are humantime strings: `250ms`, `2s`, `1m 30s`, `1h`. Unknown keys are errors, so a
 //! typo cannot silently fall back to a default. Every error names `file:line:column`, the field
 //! path and the bad value ([`PolicyError`]).

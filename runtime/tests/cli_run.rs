@@ -184,3 +184,111 @@ fn plugin_inspect_and_test_talk_to_authors() {
         "{out:?}"
     );
 }
+
+/// Lines of a child's stderr, as they come.
+fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no stderr line containing {needle:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_reloads_plugins_on_sighup_and_keeps_them_when_a_reload_fails() {
+    let emulator = emulator(|_| {}).await;
+    let echo = echo_server().await;
+    let files = AwsFiles::new("AKIDRUN");
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
+        probe.local_addr().expect("addr").port()
+    };
+    let plugin = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/plugins/hostile-policy.wasm"
+    );
+    let policy_text = |mode: &str| {
+        format!(
+            "[defaults]\nregion = \"us-east-1\"\nprofile = \"test\"\nendpoint_url = \"{}\"\n\
+             aws_config_file = \"config\"\naws_credentials_file = \"credentials\"\n\n\
+             [[tunnel]]\nname = \"echo\"\ntarget = \"i-0123456789abcdef0\"\n\
+             remote_port = {echo}\nlocal = \"127.0.0.1:{port}\"\n\n\
+             [tunnel.reconnect]\nplugin = \"{plugin}\"\nconfig = {{ mode = \"{mode}\" }}\n",
+            emulator.endpoint_url()
+        )
+    };
+    let policy = files.dir.path().join("tunnels.toml");
+    std::fs::write(&policy, policy_text("ok")).expect("policy");
+    let mut child = ssm_tether()
+        .arg("run")
+        .arg(&policy)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let lines = stderr_lines(&mut child);
+    let lines = tokio::task::spawn_blocking(move || {
+        wait_line(&lines, "listening");
+        lines
+    })
+    .await
+    .expect("join");
+
+    let hup = Command::new("kill")
+        .arg("-HUP")
+        .arg(child.id().to_string())
+        .status();
+    assert!(hup.is_ok_and(|s| s.success()), "SIGHUP sent");
+    let lines = tokio::task::spawn_blocking(move || {
+        wait_line(&lines, "plugins reloaded");
+        lines
+    })
+    .await
+    .expect("join");
+
+    // A broken edit is noticed by itself and changes nothing.
+    std::fs::write(&policy, policy_text("reject")).expect("policy");
+    let (lines, failed) = tokio::task::spawn_blocking(move || {
+        let line = wait_line(&lines, "reload failed");
+        (lines, line)
+    })
+    .await
+    .expect("join");
+    assert!(failed.contains("rejected on purpose"), "{failed}");
+
+    let local = format!("127.0.0.1:{port}").parse().expect("addr");
+    let (sent, received) = support::echo_through(local, 6, 100_000).await;
+    assert_eq!(sent, received, "the tunnel is untouched by reloads");
+
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    assert!(status.is_ok_and(|s| s.success()), "SIGTERM sent");
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("waits");
+    let rest: Vec<String> = lines.try_iter().collect();
+    assert_eq!(exit.code(), Some(0), "{}", rest.join("\n"));
+}

@@ -658,6 +658,11 @@ impl Driver {
         if let Some(plugin) = plugin {
             // The plugin may take up to its timeout; the loop keeps serving local sockets.
             self.phase = Phase::Busy;
+            self.set_state(if self.ever_started {
+                TunnelState::Resuming
+            } else {
+                TunnelState::Starting
+            });
             self.spawn_op(async move {
                 let answer = plugin.decide(&context).await;
                 OpResult::Decided {

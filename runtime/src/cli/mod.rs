@@ -74,6 +74,9 @@ pub(crate) fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Its default reports a failed write with `eprintln!`, which panics when stderr is a
+        // closed pipe: a daemon whose log reader went away must keep its tunnels up.
+        .log_internal_errors(false)
         .try_init();
 }
 

@@ -698,3 +698,33 @@ async fn a_reload_swaps_the_policy_under_a_live_stream() {
     .await;
     tunnel.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasi_gives_a_plugin_no_network_files_or_environment() {
+    // A listener the plugin could reach if WASI sockets were open to it.
+    let bait = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = bait.local_addr().expect("addr");
+    let rig = rig_with(health(
+        fixture("hostile-probe"),
+        &format!(r#"{{"mode":"escape","address":"{address}"}}"#),
+        true,
+        Duration::from_millis(100),
+    ))
+    .await;
+    let mut events = rig.tunnel.subscribe();
+    let EventKind::ProbeResult { outcome, .. } =
+        wait_event(&mut events, LIMIT, "probe result", |k| {
+            matches!(k, EventKind::ProbeResult { .. })
+        })
+        .await
+    else {
+        unreachable!()
+    };
+    match outcome {
+        ProbeOutcome::Degraded(reason) => assert!(reason.starts_with("sandboxed"), "{reason}"),
+        other => panic!("the plugin got out of its sandbox: {other:?}"),
+    }
+    rig.tunnel.shutdown().await.expect("shutdown");
+}

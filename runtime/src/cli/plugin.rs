@@ -54,9 +54,15 @@ pub(crate) struct TestArgs {
     /// tunnel. Grants `tunnel-tcp`.
     #[arg(long)]
     connect: Option<SocketAddr>,
-    /// Wall-clock limit of the call, e.g. 5s.
+    /// Wall-clock limit of the call, e.g. 5s (default: the world's, as in a policy file).
     #[arg(long, value_parser = humantime::parse_duration)]
     timeout: Option<Duration>,
+    /// CPU budget of the call, e.g. 50ms (default: the world's).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    cpu: Option<Duration>,
+    /// Memory cap in MiB (default: 32).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..=4096))]
+    memory_mb: Option<u64>,
 }
 
 pub(crate) fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
@@ -138,6 +144,12 @@ async fn test(engine: &PluginEngine, args: TestArgs) -> anyhow::Result<ExitCode>
     spec.config = args.config.clone();
     if let Some(timeout) = args.timeout {
         spec.limits.timeout = timeout;
+    }
+    if let Some(cpu) = args.cpu {
+        spec.limits.cpu = cpu;
+    }
+    if let Some(mb) = args.memory_mb {
+        spec.limits.memory = mb << 20;
     }
     let link = match args.connect {
         Some(address) => {

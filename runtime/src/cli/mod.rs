@@ -80,13 +80,17 @@ pub(crate) fn init_logging() {
         .try_init();
 }
 
-/// Resolves on SIGINT or SIGTERM with the signal's name.
-pub(crate) async fn shutdown_signal() -> anyhow::Result<&'static str> {
+/// Handles SIGINT and SIGTERM from now on; the future resolves with the signal's name.
+/// Registering early matters: until then either signal ends the process without terminating
+/// the sessions it may already have started.
+pub(crate) fn shutdown_signal() -> anyhow::Result<impl Future<Output = &'static str>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = terminate.recv() => "SIGTERM",
-        _ = interrupt.recv() => "SIGINT",
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        }
     })
 }

@@ -27,6 +27,10 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // Before anything is started: SIGHUP's default action would end the process.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot handle SIGHUP")?;
+        let shutdown = super::shutdown_signal().context("cannot handle SIGTERM/SIGINT")?;
         let engine = PluginEngine::new(PluginEngine::default_cache_dir())?;
         let (mut reloader, mut plugins) = match Reloader::start(engine, path, &policy).await {
             Ok(started) => started,
@@ -55,9 +59,9 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
             }
         }
         let outcome = tokio::select! {
-            signal = super::shutdown_signal() => Ok(signal?),
+            signal = shutdown => Ok(signal),
             failed = first_failure(&mut tunnels) => Err(failed),
-            never = reload_loop(&mut reloader) => match never? {},
+            never = reload_loop(&mut reloader, hangup) => match never {},
         };
         match outcome {
             Ok(signal) => {
@@ -76,9 +80,10 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
 
 /// Reloads plugins on SIGHUP or when the policy file or a plugin file changes (polled every
 /// second); a failed reload keeps the running plugins and logs why.
-async fn reload_loop(reloader: &mut Reloader) -> anyhow::Result<std::convert::Infallible> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangup = signal(SignalKind::hangup())?;
+async fn reload_loop(
+    reloader: &mut Reloader,
+    mut hangup: tokio::signal::unix::Signal,
+) -> std::convert::Infallible {
     let mut poll = tokio::time::interval(Duration::from_secs(1));
     loop {
         let trigger = tokio::select! {

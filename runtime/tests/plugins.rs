@@ -728,3 +728,26 @@ async fn wasi_gives_a_plugin_no_network_files_or_environment() {
     }
     rig.tunnel.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_see_the_port_a_listener_got() {
+    // The tunnel is configured with 127.0.0.1:0 (see `info`); plugins see the bound port.
+    let rig = rig_with(health(
+        fixture("hostile-probe"),
+        r#"{"mode":"info"}"#,
+        false,
+        Duration::from_millis(100),
+    ))
+    .await;
+    let mut events = rig.tunnel.subscribe();
+    let EventKind::ProbeResult { outcome, .. } =
+        wait_event(&mut events, LIMIT, "probe result", |k| {
+            matches!(k, EventKind::ProbeResult { .. })
+        })
+        .await
+    else {
+        unreachable!()
+    };
+    assert_eq!(outcome, ProbeOutcome::Degraded(rig.local().to_string()));
+    rig.tunnel.shutdown().await.expect("shutdown");
+}

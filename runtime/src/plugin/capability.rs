@@ -88,7 +88,7 @@ impl TunnelLink {
         let _ = self.0.set(target);
     }
 
-    fn get(&self) -> Option<&TcpTarget> {
+    pub(crate) fn get(&self) -> Option<&TcpTarget> {
         self.0.get()
     }
 }

@@ -95,7 +95,7 @@ impl PluginEngine {
                     known: builtin::names(),
                 })?
                 .into(),
-            PluginSource::File(path) => tokio::fs::read(path)
+            PluginSource::File(path) => read_bounded(path)
                 .await
                 .map_err(|source| LoadError::Read {
                     plugin: label.clone(),
@@ -228,6 +228,20 @@ pub(crate) enum RoleIndices {
     Reconnect(reconnect::GuestIndices),
     Health(health::GuestIndices),
     Hooks(hooks::GuestIndices),
+}
+
+/// Largest plugin file accepted (a Python component is about 18 MB).
+const MAX_PLUGIN_BYTES: u64 = 256 << 20;
+
+async fn read_bounded(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    let size = tokio::fs::metadata(path).await?.len();
+    if size > MAX_PLUGIN_BYTES {
+        return Err(std::io::Error::other(format!(
+            "{size} bytes is larger than the {} MiB a plugin may have",
+            MAX_PLUGIN_BYTES >> 20
+        )));
+    }
+    tokio::fs::read(path).await
 }
 
 /// Recognises a component before handing it to Cranelift, for a message that says what the

@@ -29,6 +29,7 @@ pub struct PluginInstance {
     role: Role,
     info: wit::PluginInfo,
     tunnel: wit::TunnelInfo,
+    link: TunnelLink,
     sandbox: tokio::sync::Mutex<Sandbox>,
     health: Mutex<Quarantine>,
 }
@@ -71,7 +72,7 @@ impl PluginInstance {
     ) -> Result<Self, LoadError> {
         let loaded = engine.load(&spec.source).await?;
         loaded.expect_role(role)?;
-        let host = HostContext::new(&tunnel.name, link);
+        let host = HostContext::new(&tunnel.name, link.clone());
         let label = loaded.label.clone();
         let (sandbox, info) = Sandbox::start(loaded, spec.clone(), host).await?;
         Ok(Self {
@@ -79,6 +80,7 @@ impl PluginInstance {
             role,
             info,
             tunnel,
+            link,
             sandbox: tokio::sync::Mutex::new(sandbox),
             health: Mutex::new(Quarantine::default()),
         })
@@ -106,7 +108,7 @@ impl PluginInstance {
     /// the caller's fallback decides.
     pub async fn decide(&self, context: &DecisionContext) -> Result<Decision, CallFailure> {
         self.admit()?;
-        let context = convert::decision_context(&self.tunnel, context);
+        let context = convert::decision_context(&self.tunnel_info(), context);
         let result = {
             let mut sandbox = self.sandbox.lock().await;
             let answer = sandbox.decide(&context).await;
@@ -131,7 +133,7 @@ impl PluginInstance {
         let result = {
             let mut sandbox = self.sandbox.lock().await;
             let budget = sandbox.limits().timeout;
-            let context = convert::probe_context(&self.tunnel, consecutive_failures, budget);
+            let context = convert::probe_context(&self.tunnel_info(), consecutive_failures, budget);
             sandbox.check(&context).await.map(convert::probe_outcome)
         };
         self.record(result)
@@ -146,6 +148,20 @@ impl PluginInstance {
         let event = convert::event(event);
         let result = self.sandbox.lock().await.on_event(&event).await;
         self.record(result)
+    }
+
+    /// The tunnel as plugins see it: a listener configured with port 0 shows the port it got.
+    fn tunnel_info(&self) -> wit::TunnelInfo {
+        let mut info = self.tunnel.clone();
+        if let (Ok(configured), Some(target)) = (
+            info.local_address.parse::<std::net::SocketAddr>(),
+            self.link.get(),
+        ) && configured.port() == 0
+        {
+            info.local_address =
+                std::net::SocketAddr::new(configured.ip(), target.address.port()).to_string();
+        }
+        info
     }
 
     fn admit(&self) -> Result<(), CallFailure> {

@@ -12,6 +12,32 @@ fn ssm_tether() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ssm-tether"))
 }
 
+/// A loopback port nobody listens on (now).
+fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
+    probe.local_addr().expect("addr").port()
+}
+
+/// A policy with one tunnel `echo` from `127.0.0.1:port` to the emulator's agent, which dials
+/// `echo`; the AWS files are the `AwsFiles` next to the policy.
+fn echo_tunnel(endpoint_url: &str, echo: u16, port: u16) -> String {
+    format!(
+        "[defaults]\nregion = \"us-east-1\"\nprofile = \"test\"\nendpoint_url = \"{endpoint_url}\"\n\
+         aws_config_file = \"config\"\naws_credentials_file = \"credentials\"\n\n\
+         [[tunnel]]\nname = \"echo\"\ntarget = \"i-0123456789abcdef0\"\n\
+         remote_port = {echo}\nlocal = \"127.0.0.1:{port}\"\n"
+    )
+}
+
+/// Sends `SIG<name>` to the child.
+fn signal(child: &std::process::Child, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status();
+    assert!(status.is_ok_and(|s| s.success()), "SIG{name} sent");
+}
+
 #[test]
 fn check_reports_a_bad_file_with_location_and_exit_code_2() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -55,22 +81,9 @@ async fn run_forwards_and_sigterm_terminates_the_session_with_exit_0() {
     let emulator = emulator(|_| {}).await;
     let echo = echo_server().await;
     let files = AwsFiles::new("AKIDRUN");
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
-        probe.local_addr().expect("addr").port()
-    };
+    let port = free_port();
     let policy = files.dir.path().join("tunnels.toml");
-    std::fs::write(
-        &policy,
-        format!(
-            "[defaults]\nregion = \"us-east-1\"\nprofile = \"test\"\nendpoint_url = \"{}\"\n\
-             aws_config_file = \"config\"\naws_credentials_file = \"credentials\"\n\n\
-             [[tunnel]]\nname = \"echo\"\ntarget = \"i-0123456789abcdef0\"\n\
-             remote_port = {echo}\nlocal = \"127.0.0.1:{port}\"\n",
-            emulator.endpoint_url()
-        ),
-    )
-    .expect("policy");
+    std::fs::write(&policy, echo_tunnel(&emulator.endpoint_url(), echo, port)).expect("policy");
     let child = ssm_tether()
         .arg("run")
         .arg(&policy)
@@ -91,11 +104,7 @@ async fn run_forwards_and_sigterm_terminates_the_session_with_exit_0() {
     let (sent, received) = support::echo_through(local, 5, 200_000).await;
     assert_eq!(sent, received, "bytes through `ssm-tether run`");
 
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    assert!(status.is_ok_and(|s| s.success()), "SIGTERM sent");
+    signal(&child, "TERM");
     let exit = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .expect("join")
@@ -218,22 +227,15 @@ async fn run_reloads_plugins_on_sighup_and_keeps_them_when_a_reload_fails() {
     let emulator = emulator(|_| {}).await;
     let echo = echo_server().await;
     let files = AwsFiles::new("AKIDRUN");
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
-        probe.local_addr().expect("addr").port()
-    };
+    let port = free_port();
     let plugin = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/plugins/hostile-policy.wasm"
     );
     let policy_text = |mode: &str| {
         format!(
-            "[defaults]\nregion = \"us-east-1\"\nprofile = \"test\"\nendpoint_url = \"{}\"\n\
-             aws_config_file = \"config\"\naws_credentials_file = \"credentials\"\n\n\
-             [[tunnel]]\nname = \"echo\"\ntarget = \"i-0123456789abcdef0\"\n\
-             remote_port = {echo}\nlocal = \"127.0.0.1:{port}\"\n\n\
-             [tunnel.reconnect]\nplugin = \"{plugin}\"\nconfig = {{ mode = \"{mode}\" }}\n",
-            emulator.endpoint_url()
+            "{}\n[tunnel.reconnect]\nplugin = \"{plugin}\"\nconfig = {{ mode = \"{mode}\" }}\n",
+            echo_tunnel(&emulator.endpoint_url(), echo, port)
         )
     };
     let policy = files.dir.path().join("tunnels.toml");
@@ -254,11 +256,7 @@ async fn run_reloads_plugins_on_sighup_and_keeps_them_when_a_reload_fails() {
     .await
     .expect("join");
 
-    let hup = Command::new("kill")
-        .arg("-HUP")
-        .arg(child.id().to_string())
-        .status();
-    assert!(hup.is_ok_and(|s| s.success()), "SIGHUP sent");
+    signal(&child, "HUP");
     let lines = tokio::task::spawn_blocking(move || {
         wait_line(&lines, "plugins reloaded");
         lines
@@ -283,11 +281,7 @@ async fn run_reloads_plugins_on_sighup_and_keeps_them_when_a_reload_fails() {
     // clean, not a panic on the first failed write.
     drop(lines);
 
-    let status = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    assert!(status.is_ok_and(|s| s.success()), "SIGTERM sent");
+    signal(&child, "TERM");
     let exit = tokio::task::spawn_blocking(move || child.wait())
         .await
         .expect("join")

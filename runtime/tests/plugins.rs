@@ -18,10 +18,10 @@ use ssm_tether::plugin::{
     Role, TunnelInfo, TunnelLink, TunnelPluginSpecs, TunnelPlugins,
 };
 use ssm_tether::recovery::{Cause, Decision, DecisionContext};
-use ssm_tether::session::{EventKind, ProbeOutcome};
+use ssm_tether::session::{EventKind, ProbeOutcome, TunnelEvent};
 use support::{Rig, echo_for, echo_through, wait_event};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -110,6 +110,48 @@ async fn bytes_flow(rig: &Rig, seed: u64) {
     assert_eq!(sent, received, "bytes through the tunnel");
 }
 
+/// A tunnel probed every 100 ms by the `hostile-probe` fixture with `config`.
+async fn hostile_probe(config: &str, grant: bool) -> Rig {
+    rig_with(health(
+        fixture("hostile-probe"),
+        config,
+        grant,
+        Duration::from_millis(100),
+    ))
+    .await
+}
+
+/// The next health check verdict.
+async fn next_probe(events: &mut broadcast::Receiver<TunnelEvent>) -> ProbeOutcome {
+    match wait_event(events, LIMIT, "probe result", |k| {
+        matches!(k, EventKind::ProbeResult { .. })
+    })
+    .await
+    {
+        EventKind::ProbeResult { outcome, .. } => outcome,
+        _ => unreachable!(),
+    }
+}
+
+/// The next plugin failure: plugin, role, reason, quarantined.
+async fn next_failure(
+    events: &mut broadcast::Receiver<TunnelEvent>,
+) -> (String, Role, String, bool) {
+    match wait_event(events, LIMIT, "plugin failure", |k| {
+        matches!(k, EventKind::PluginFailed { .. })
+    })
+    .await
+    {
+        EventKind::PluginFailed {
+            plugin,
+            role,
+            reason,
+            quarantined,
+        } => (plugin, role, reason, quarantined),
+        _ => unreachable!(),
+    }
+}
+
 // ----- hostile reconnect policies ---------------------------------------------------------
 
 /// A reconnect policy that misbehaves in `mode`: on a planned close the fallback resumes,
@@ -130,19 +172,7 @@ async fn hostile_policy_is_overruled(mode: &str, reason: &str) {
         .recycle(None, SideSelection::Client)
         .await
         .expect("recycle");
-    let failed = wait_event(&mut events, LIMIT, "plugin failure", |k| {
-        matches!(k, EventKind::PluginFailed { .. })
-    })
-    .await;
-    let EventKind::PluginFailed {
-        plugin,
-        role,
-        reason: got,
-        ..
-    } = failed
-    else {
-        unreachable!()
-    };
+    let (plugin, role, got, _) = next_failure(&mut events).await;
     assert!(plugin.ends_with("hostile-policy.wasm"), "{plugin}");
     assert_eq!(role, Role::ReconnectPolicy);
     assert!(got.contains(reason), "reason {got:?} should say {reason:?}");
@@ -175,28 +205,11 @@ async fn a_panic_traps_and_the_fallback_decides() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probe_sleeping_in_a_host_call_hits_the_wall_timeout_and_is_quarantined() {
-    let rig = rig_with(health(
-        fixture("hostile-probe"),
-        r#"{"mode":"sleep"}"#,
-        true,
-        Duration::from_millis(100),
-    ))
-    .await;
+    let rig = hostile_probe(r#"{"mode":"sleep"}"#, true).await;
     let mut events = rig.tunnel.subscribe();
     let mut quarantined = false;
     for _ in 0..3 {
-        let EventKind::PluginFailed {
-            reason,
-            quarantined: q,
-            role,
-            ..
-        } = wait_event(&mut events, LIMIT, "probe failure", |k| {
-            matches!(k, EventKind::PluginFailed { .. })
-        })
-        .await
-        else {
-            unreachable!()
-        };
+        let (_, role, reason, q) = next_failure(&mut events).await;
         assert_eq!(role, Role::HealthCheck);
         assert!(reason.contains("wall-clock timeout"), "{reason}");
         quarantined = q;
@@ -211,22 +224,9 @@ async fn a_probe_sleeping_in_a_host_call_hits_the_wall_timeout_and_is_quarantine
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ungranted_capability_is_a_typed_denial() {
-    let rig = rig_with(health(
-        fixture("hostile-probe"),
-        r#"{"mode":"deny"}"#,
-        false,
-        Duration::from_millis(100),
-    ))
-    .await;
+    let rig = hostile_probe(r#"{"mode":"deny"}"#, false).await;
     let mut events = rig.tunnel.subscribe();
-    let outcome = wait_event(&mut events, LIMIT, "probe result", |k| {
-        matches!(k, EventKind::ProbeResult { .. })
-    })
-    .await;
-    let EventKind::ProbeResult { outcome, .. } = outcome else {
-        unreachable!()
-    };
-    match outcome {
+    match next_probe(&mut events).await {
         ProbeOutcome::Degraded(reason) => {
             assert!(
                 reason.contains("denied") && reason.contains("tunnel-tcp"),
@@ -241,22 +241,9 @@ async fn an_ungranted_capability_is_a_typed_denial() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_looping_probe_is_stopped_and_the_tunnel_carries_on() {
-    let rig = rig_with(health(
-        fixture("hostile-probe"),
-        r#"{"mode":"loop"}"#,
-        true,
-        Duration::from_millis(100),
-    ))
-    .await;
+    let rig = hostile_probe(r#"{"mode":"loop"}"#, true).await;
     let mut events = rig.tunnel.subscribe();
-    let EventKind::PluginFailed { reason, .. } =
-        wait_event(&mut events, LIMIT, "probe failure", |k| {
-            matches!(k, EventKind::PluginFailed { .. })
-        })
-        .await
-    else {
-        unreachable!()
-    };
+    let (_, _, reason, _) = next_failure(&mut events).await;
     assert!(reason.contains("CPU budget"), "{reason}");
     bytes_flow(&rig, 4).await;
     rig.tunnel.shutdown().await.expect("shutdown");
@@ -706,23 +693,13 @@ async fn wasi_gives_a_plugin_no_network_files_or_environment() {
         .await
         .expect("bind");
     let address = bait.local_addr().expect("addr");
-    let rig = rig_with(health(
-        fixture("hostile-probe"),
+    let rig = hostile_probe(
         &format!(r#"{{"mode":"escape","address":"{address}"}}"#),
         true,
-        Duration::from_millis(100),
-    ))
+    )
     .await;
     let mut events = rig.tunnel.subscribe();
-    let EventKind::ProbeResult { outcome, .. } =
-        wait_event(&mut events, LIMIT, "probe result", |k| {
-            matches!(k, EventKind::ProbeResult { .. })
-        })
-        .await
-    else {
-        unreachable!()
-    };
-    match outcome {
+    match next_probe(&mut events).await {
         ProbeOutcome::Degraded(reason) => assert!(reason.starts_with("sandboxed"), "{reason}"),
         other => panic!("the plugin got out of its sandbox: {other:?}"),
     }
@@ -732,22 +709,11 @@ async fn wasi_gives_a_plugin_no_network_files_or_environment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_see_the_port_a_listener_got() {
     // The tunnel is configured with 127.0.0.1:0 (see `info`); plugins see the bound port.
-    let rig = rig_with(health(
-        fixture("hostile-probe"),
-        r#"{"mode":"info"}"#,
-        false,
-        Duration::from_millis(100),
-    ))
-    .await;
+    let rig = hostile_probe(r#"{"mode":"info"}"#, false).await;
     let mut events = rig.tunnel.subscribe();
-    let EventKind::ProbeResult { outcome, .. } =
-        wait_event(&mut events, LIMIT, "probe result", |k| {
-            matches!(k, EventKind::ProbeResult { .. })
-        })
-        .await
-    else {
-        unreachable!()
-    };
-    assert_eq!(outcome, ProbeOutcome::Degraded(rig.local().to_string()));
+    assert_eq!(
+        next_probe(&mut events).await,
+        ProbeOutcome::Degraded(rig.local().to_string())
+    );
     rig.tunnel.shutdown().await.expect("shutdown");
 }

@@ -196,8 +196,7 @@ impl LoadedPlugin {
     /// # Errors
     /// The plugin traps or exceeds its limits while starting.
     pub async fn describe(self: &Arc<Self>) -> Result<super::PluginInfo, LoadError> {
-        let spec = super::PluginSpec::new(PluginSource::Builtin(String::new()), self.world);
-        super::sandbox::Sandbox::describe(Arc::clone(self), spec).await
+        super::sandbox::Sandbox::describe(Arc::clone(self), self.world.default_limits()).await
     }
 
     /// Whether it imports the `tunnel-tcp` capability (and so needs the grant to do its job).

@@ -17,7 +17,7 @@ use super::bindings::{health, hooks, reconnect, types};
 use super::capability::HostContext;
 use super::engine::{LoadedPlugin, RoleIndices, TICK};
 use super::error::LoadError;
-use super::spec::{Limits, PluginSpec};
+use super::spec::{Grants, Limits, PluginSpec};
 
 /// What a plugin's store holds.
 pub(crate) struct StoreState {
@@ -97,7 +97,10 @@ struct Live {
 /// A plugin instance with its limits; see the module docs.
 pub(crate) struct Sandbox {
     plugin: Arc<LoadedPlugin>,
-    spec: PluginSpec,
+    /// The `config` table as JSON, for `init`.
+    config: String,
+    limits: Limits,
+    grants: Grants,
     host: HostContext,
     live: Option<Live>,
 }
@@ -130,7 +133,9 @@ impl Sandbox {
     ) -> Result<(Self, types::PluginInfo), LoadError> {
         let mut sandbox = Self {
             plugin,
-            spec,
+            config: spec.config,
+            limits: spec.limits,
+            grants: spec.grants,
             host,
             live: None,
         };
@@ -153,19 +158,21 @@ impl Sandbox {
 
     /// The limits.
     pub(crate) fn limits(&self) -> Limits {
-        self.spec.limits
+        self.limits
     }
 
-    /// Instantiates the plugin and calls `describe` only (for `plugin inspect`, where the
-    /// config is unknown).
+    /// Instantiates the plugin within `limits`, with no grants, and calls `describe` only
+    /// (for `plugin inspect`, where the config is unknown).
     pub(crate) async fn describe(
         plugin: Arc<LoadedPlugin>,
-        spec: PluginSpec,
+        limits: Limits,
     ) -> Result<types::PluginInfo, LoadError> {
         let label = plugin.label.clone();
         let mut sandbox = Self {
             plugin,
-            spec,
+            config: String::new(),
+            limits,
+            grants: Grants::default(),
             host: HostContext::default(),
             live: None,
         };
@@ -180,7 +187,7 @@ impl Sandbox {
     }
 
     async fn instantiate(&mut self, init: bool) -> Result<(Live, types::PluginInfo), Failure> {
-        let limits = self.spec.limits;
+        let limits = self.limits;
         let cap = usize::try_from(limits.memory).unwrap_or(usize::MAX);
         let state = StoreState {
             // Deny-all: no preopens, env, args or network; stdio discarded.
@@ -190,7 +197,7 @@ impl Sandbox {
                 cap,
                 exceeded: false,
             },
-            host: self.host.for_instance(&self.plugin.label, self.spec.grants),
+            host: self.host.for_instance(&self.plugin.label, self.grants),
             ticks: 0,
             tick_budget: budget_ticks(limits.cpu),
         };
@@ -218,7 +225,7 @@ impl Sandbox {
             };
             let info = meta.call_describe(&mut store).await?;
             let init = if init {
-                meta.call_init(&mut store, &self.spec.config).await?
+                meta.call_init(&mut store, &self.config).await?
             } else {
                 Ok(())
             };
@@ -234,13 +241,11 @@ impl Sandbox {
 
     /// The warm instance, instantiated again if the last one was dropped.
     async fn live(&mut self) -> Result<&mut Live, Failure> {
-        if self.live.is_none() {
-            let (live, _) = self.instantiate(true).await?;
-            self.live = Some(live);
-        }
-        self.live
-            .as_mut()
-            .ok_or_else(|| Failure::Broken("no instance".into()))
+        let live = match self.live.take() {
+            Some(live) => live,
+            None => self.instantiate(true).await?.0,
+        };
+        Ok(self.live.insert(live))
     }
 
     /// Asks a reconnect policy.
@@ -248,7 +253,7 @@ impl Sandbox {
         &mut self,
         context: &types::DecisionContext,
     ) -> Result<types::Decision, Failure> {
-        let limits = self.spec.limits;
+        let limits = self.limits;
         let live = self.live().await?;
         let Exports::Reconnect(guest) = &live.exports else {
             return Err(Failure::Broken("not a reconnect policy".into()));
@@ -265,7 +270,7 @@ impl Sandbox {
         &mut self,
         context: &types::ProbeContext,
     ) -> Result<types::ProbeOutcome, Failure> {
-        let limits = self.spec.limits;
+        let limits = self.limits;
         let live = self.live().await?;
         let Exports::Health(guest) = &live.exports else {
             return Err(Failure::Broken("not a health check".into()));
@@ -281,7 +286,7 @@ impl Sandbox {
 
     /// Delivers one event to a hook.
     pub(crate) async fn on_event(&mut self, event: &types::TunnelEvent) -> Result<(), Failure> {
-        let limits = self.spec.limits;
+        let limits = self.limits;
         let live = self.live().await?;
         let Exports::Hooks(guest) = &live.exports else {
             return Err(Failure::Broken("not an event hook".into()));

@@ -38,6 +38,9 @@ fn first_command_runs_the_binary_successfully() {
     if args[0] == "demo" {
         assert!(stdout.contains("result: every byte intact"), "{stdout}");
         assert!(stdout.contains("restarts              1"), "{stdout}");
+        // The embedded default plugins decided and probed, and none of them failed.
+        assert!(stdout.contains("health checks         "), "{stdout}");
+        assert!(stdout.contains("plugin failures       0 "), "{stdout}");
     }
 }
 

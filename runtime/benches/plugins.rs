@@ -10,9 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-use ssm_tether::plugin::{
-    PluginEngine, PluginInstance, PluginSource, PluginSpec, Role, TcpTarget, TunnelInfo, TunnelLink,
-};
+use ssm_tether::plugin::{PluginEngine, PluginInstance, TcpTarget, TunnelInfo, TunnelLink};
+use ssm_tether::policy::{LocalAddress, PluginSource, PluginSpec, Role};
 use ssm_tether::recovery::{Cause, DecisionContext};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -53,6 +52,7 @@ async fn warm_decisions(engine: &PluginEngine) {
     .await
     .unwrap();
     let context = DecisionContext {
+        session: ssm_tether::events::SessionRef::default(),
         cause: Cause::PingTimeout,
         attempt: 3,
         failed_resumes: 2,
@@ -78,7 +78,7 @@ async fn cached_loads(engine: &PluginEngine, dir: &std::path::Path) {
     let path = dir.join("policy.wasm");
     std::fs::write(
         &path,
-        ssm_tether::plugin::builtin::get("exponential-backoff").unwrap(),
+        ssm_tether::builtin::get("exponential-backoff").unwrap(),
     )
     .unwrap();
     let source = PluginSource::File(path);
@@ -129,7 +129,7 @@ async fn probe_overhead(engine: &PluginEngine) {
     );
     spec.grants.tunnel_tcp = true;
     let link = TunnelLink::to(TcpTarget {
-        address,
+        address: LocalAddress::Tcp(address),
         status: None,
     });
     let probe = PluginInstance::start(engine, &spec, Role::HealthCheck, info(), link)

@@ -10,7 +10,6 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,9 +17,9 @@ use std::time::{Duration, Instant};
 use ssm_emulator::faults::SideSelection;
 use ssm_emulator::{Emulator, EmulatorConfig};
 use ssm_tether::aws::SsmApi;
-use ssm_tether::channel::ChannelConfig;
-use ssm_tether::policy::{AwsSettings, RecoverySettings};
-use ssm_tether::session::{EventKind, Tunnel, TunnelConfig, TunnelState};
+use ssm_tether::events::{EventKind, TunnelState};
+use ssm_tether::policy::{AwsSettings, LocalAddress, TunnelSpec};
+use ssm_tether::tunnel::{Tunnel, TunnelConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -58,22 +57,11 @@ impl Aws {
 }
 
 fn tunnel_config(name: &str, destination: u16) -> TunnelConfig {
-    TunnelConfig {
-        name: name.into(),
-        target: "i-0123456789abcdef0".into(),
-        document_name: "AWS-StartPortForwardingSession".into(),
-        parameters: BTreeMap::from([("portNumber".to_owned(), vec![destination.to_string()])]),
-        reason: None,
-        local: "127.0.0.1:0".parse().unwrap(),
-        ping_interval: Duration::from_secs(20),
-        pong_timeout: Duration::from_secs(30),
-        connect_timeout: Duration::from_secs(10),
-        handshake_timeout: Duration::from_secs(30),
-        recovery: RecoverySettings::default(),
-        channel: ChannelConfig::default(),
-        seed: 1,
-        plugins: ssm_tether::session::no_plugins(),
-    }
+    let mut spec = TunnelSpec::new(name, "i-0123456789abcdef0", destination);
+    spec.local = LocalAddress::Tcp("127.0.0.1:0".parse().unwrap());
+    let mut config = TunnelConfig::from_spec(&spec, 1);
+    config.connect_timeout = Duration::from_secs(10);
+    config
 }
 
 async fn emulator(pacing: Duration) -> Emulator {
@@ -123,7 +111,9 @@ async fn recovery_after_planned_close() {
     .await
     .unwrap();
     wait_forwarding(&tunnel).await;
-    let mut socket = TcpStream::connect(tunnel.local_addr()).await.unwrap();
+    let mut socket = TcpStream::connect(tunnel.tcp_addr().unwrap())
+        .await
+        .unwrap();
     socket.set_nodelay(true).unwrap();
     let mut samples = Vec::new();
     let mut resumes = Vec::new();
@@ -208,7 +198,7 @@ async fn throughput(pacing: Duration, bytes: u64) -> (f64, f64) {
         .await
         .unwrap();
     wait_forwarding(&up).await;
-    let mut socket = TcpStream::connect(up.local_addr()).await.unwrap();
+    let mut socket = TcpStream::connect(up.tcp_addr().unwrap()).await.unwrap();
     let buf = vec![0xa5u8; 64 * 1024];
     let start = Instant::now();
     let mut sent = 0;
@@ -228,7 +218,7 @@ async fn throughput(pacing: Duration, bytes: u64) -> (f64, f64) {
         .await
         .unwrap();
     wait_forwarding(&down).await;
-    let mut socket = TcpStream::connect(down.local_addr()).await.unwrap();
+    let mut socket = TcpStream::connect(down.tcp_addr().unwrap()).await.unwrap();
     let mut buf = vec![0u8; 64 * 1024];
     let mut got = 0;
     let start = Instant::now();

@@ -1,16 +1,25 @@
 //! ssm-tether: keeps AWS SSM port-forwarding tunnels alive for days.
 //!
 //! The crate is split the way quinn splits `quinn-proto` from `quinn`: [`protocol`] holds the
-//! sans-IO wire formats (no sockets, no clocks), and the I/O layers are built on top of it.
+//! sans-IO wire formats, [`channel`], [`mux`] and [`tunnel::core`] the sans-IO state
+//! machines (no sockets, no clocks), and the I/O layers are built on top of them.
+//!
+//! Modules, from the leaves up: [`events`] (what a tunnel reports), [`aws`] and
+//! [`transport`] (the SSM API and the WebSocket), [`policy`] (the policy file), [`recovery`]
+//! (the built-in reconnect policy), [`builtin`] and [`plugin`] (the plugin host), [`tunnel`]
+//! (the tunnel itself) and [`reload`] (hot reload of a policy file's plugins).
 
 pub use ssm_tether_protocol as protocol;
 
 pub mod aws;
+pub mod builtin;
 pub mod channel;
+pub mod events;
 pub mod mux;
 pub mod plugin;
 pub mod policy;
 pub mod recovery;
-pub mod session;
+pub mod reload;
 pub mod transport;
+pub mod tunnel;
 pub mod version;

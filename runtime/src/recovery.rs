@@ -9,92 +9,15 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::aws::ApiError;
+use crate::events::SessionRef;
+pub use crate::events::{Cause, ProbeFailure};
 pub use crate::policy::RecoverySettings;
-
-/// Why the tunnel is not forwarding.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Cause {
-    /// The service closed the WebSocket with 1000 (its hourly recycle): resume at once.
-    PlannedClose,
-    /// The WebSocket failed (read/write error, abnormal close).
-    TransportError(String),
-    /// No pong or frame arrived within the pong timeout (black-holed socket).
-    PingTimeout,
-    /// Opening the WebSocket failed (upgrade refused, connect error, stale URL).
-    ConnectFailed(String),
-    /// ResumeSession failed; the session may still exist.
-    ResumeFailed(ApiError),
-    /// StartSession failed.
-    StartFailed(ApiError),
-    /// The handshake did not lead to forwarding.
-    HandshakeFailed(String),
-    /// The service says the session is over (no token, DoesNotExist, channel_closed).
-    SessionGone(String),
-    /// The agent's byte stream broke the smux protocol; the session's streams are lost.
-    ProtocolError(String),
-    /// Health checks say the tunnel carries nothing although the socket looks fine.
-    ProbeFailed(ProbeFailure),
-    /// The session is about to reach its maximum duration; a fresh session is needed.
-    MaxDurationReached,
-}
-
-/// A health check's verdict that made the runtime stop trusting the tunnel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProbeFailure {
-    /// Which check: the plugin's name, or `builtin:NAME`.
-    pub check: String,
-    /// Consecutive unhealthy runs, including this one.
-    pub consecutive_failures: u32,
-    /// The check's reason.
-    pub reason: String,
-}
-
-impl Cause {
-    /// A short stable name, for events and logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::PlannedClose => "planned_close",
-            Self::TransportError(_) => "transport_error",
-            Self::PingTimeout => "ping_timeout",
-            Self::ConnectFailed(_) => "connect_failed",
-            Self::ResumeFailed(_) => "resume_failed",
-            Self::StartFailed(_) => "start_failed",
-            Self::HandshakeFailed(_) => "handshake_failed",
-            Self::SessionGone(_) => "session_gone",
-            Self::ProtocolError(_) => "protocol_error",
-            Self::ProbeFailed(_) => "probe_failed",
-            Self::MaxDurationReached => "max_duration_reached",
-        }
-    }
-}
-
-impl std::fmt::Display for Cause {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::PlannedClose => f.write_str("planned close (1000)"),
-            Self::PingTimeout => f.write_str("no pong within the timeout"),
-            Self::MaxDurationReached => f.write_str("maximum session duration reached"),
-            Self::ResumeFailed(err) | Self::StartFailed(err) => {
-                write!(f, "{}: {err}", self.kind())
-            }
-            Self::ProbeFailed(probe) => write!(
-                f,
-                "probe_failed: {} unhealthy {} time(s) in a row: {}",
-                probe.check, probe.consecutive_failures, probe.reason
-            ),
-            Self::TransportError(detail)
-            | Self::ConnectFailed(detail)
-            | Self::HandshakeFailed(detail)
-            | Self::SessionGone(detail)
-            | Self::ProtocolError(detail) => write!(f, "{}: {detail}", self.kind()),
-        }
-    }
-}
 
 /// Everything a policy may consider.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecisionContext {
+    /// The session the decision is about.
+    pub session: SessionRef,
     /// The latest cause.
     pub cause: Cause,
     /// Attempts already made in this outage (0 on the disconnect itself).
@@ -235,6 +158,7 @@ mod tests {
 
     fn ctx(cause: Cause, attempt: u32, failed_resumes: u32) -> DecisionContext {
         DecisionContext {
+            session: SessionRef::default(),
             cause,
             attempt,
             failed_resumes,
@@ -245,8 +169,8 @@ mod tests {
         }
     }
 
-    fn denied() -> ApiError {
-        ApiError {
+    fn denied() -> crate::aws::ApiError {
+        crate::aws::ApiError {
             operation: "ResumeSession",
             kind: crate::aws::ApiErrorKind::AccessDenied,
             code: Some("AccessDeniedException".into()),

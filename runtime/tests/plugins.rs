@@ -13,12 +13,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ssm_emulator::faults::SideSelection;
+use ssm_tether::events::{EventKind, ProbeOutcome, TunnelEvent};
 use ssm_tether::plugin::{
-    HealthCheckSpec, LoadError, PluginEngine, PluginInstance, PluginSource, PluginSpec, Reloader,
-    Role, TunnelInfo, TunnelLink, TunnelPluginSpecs, TunnelPlugins,
+    LoadError, PluginEngine, PluginInstance, TunnelInfo, TunnelLink, TunnelPlugins,
 };
+use ssm_tether::policy::{HealthCheckSpec, PluginSource, PluginSpec, Role, TunnelPluginSpecs};
 use ssm_tether::recovery::{Cause, Decision, DecisionContext};
-use ssm_tether::session::{EventKind, ProbeOutcome, TunnelEvent};
+use ssm_tether::reload::Reloader;
 use support::{Rig, echo_for, echo_through, wait_event};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{broadcast, watch};
@@ -96,7 +97,7 @@ async fn forwarding(rig: &Rig) {
     let mut status = rig.tunnel.status();
     tokio::time::timeout(
         LIMIT,
-        status.wait_for(|s| s.state == ssm_tether::session::TunnelState::Forwarding),
+        status.wait_for(|s| s.state == ssm_tether::events::TunnelState::Forwarding),
     )
     .await
     .expect("forwarding in time")
@@ -388,6 +389,7 @@ async fn the_tcp_connect_probe_reports_a_healthy_tunnel() {
 
 fn context(cause: Cause, attempt: u32, failed_resumes: u32) -> DecisionContext {
     DecisionContext {
+        session: ssm_tether::events::SessionRef::default(),
         cause,
         attempt,
         failed_resumes,
@@ -626,7 +628,7 @@ async fn a_reload_swaps_the_policy_under_a_live_stream() {
     let files = support::AwsFiles::new("AKIDTEST0001");
     let mut config = support::tunnel_config(port);
     config.plugins = receiver;
-    let tunnel = ssm_tether::session::Tunnel::start(config, files.api(emulator.endpoint_url()))
+    let tunnel = ssm_tether::tunnel::Tunnel::start(config, files.api(emulator.endpoint_url()))
         .await
         .expect("tunnel");
     let mut events = tunnel.subscribe();
@@ -636,7 +638,7 @@ async fn a_reload_swaps_the_policy_under_a_live_stream() {
     .await;
 
     let stream = tokio::spawn(echo_for(
-        tunnel.local_addr(),
+        tunnel.tcp_addr().expect("a TCP listener"),
         11,
         Duration::from_secs(4),
         64 * 1024,

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ssm_tether::policy::{self, PolicyError, RecoverySettings, TransportSettings};
+use ssm_tether::policy::{self, LocalAddress, PolicyError, RecoverySettings, TransportSettings};
 
 fn ok(text: &str) -> policy::Policy {
     match policy::parse("tunnels.toml", text) {
@@ -21,8 +21,8 @@ fn err(text: &str) -> String {
     }
 }
 
-fn addr(s: &str) -> SocketAddr {
-    s.parse().expect("test address")
+fn addr(s: &str) -> LocalAddress {
+    LocalAddress::Tcp(s.parse::<SocketAddr>().expect("test address"))
 }
 
 fn examples_dir() -> PathBuf {
@@ -475,7 +475,7 @@ fn load_reports_unreadable_files_and_resolves_relative_aws_files() {
 
 #[test]
 fn plugin_tables_merge_with_defaults_and_resolve_paths() {
-    use ssm_tether::plugin::{PluginSource, Role};
+    use ssm_tether::policy::{PluginSource, Role};
     let text = r#"
 [defaults.reconnect]
 plugin = "builtin:exponential-backoff"

@@ -17,7 +17,7 @@ async fn shutdown_while_start_session_is_in_flight_terminates_the_session_it_sta
         support::slow_api_proxy(emulator.endpoint_url(), Duration::from_millis(1500)).await;
     let events = emulator.events().clone();
     let tunnel =
-        ssm_tether::session::Tunnel::start(support::tunnel_config(port), files.api(endpoint))
+        ssm_tether::tunnel::Tunnel::start(support::tunnel_config(port), files.api(endpoint))
             .await
             .expect("tunnel");
     // The service has created the session; its answer is still on the way to the client.
@@ -94,15 +94,15 @@ async fn a_session_whose_agent_never_handshakes_is_replaced() {
     .await;
     let mut events = rig.tunnel.subscribe();
     let cause = support::wait_event(&mut events, Duration::from_secs(15), "Disconnected", |e| {
-        matches!(e, ssm_tether::session::EventKind::Disconnected { .. })
+        matches!(e, ssm_tether::events::EventKind::Disconnected { .. })
     })
     .await;
-    let ssm_tether::session::EventKind::Disconnected { cause } = cause else {
+    let ssm_tether::events::EventKind::Disconnected { cause } = cause else {
         unreachable!("matched above");
     };
     assert_eq!(cause.kind(), "handshake_failed", "{cause}");
     support::wait_event(&mut events, Duration::from_secs(15), "Restarting", |e| {
-        matches!(e, ssm_tether::session::EventKind::Restarting { .. })
+        matches!(e, ssm_tether::events::EventKind::Restarting { .. })
     })
     .await;
     rig.tunnel.shutdown().await.expect("clean shutdown");

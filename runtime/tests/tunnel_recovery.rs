@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ssm_emulator::events::Event;
 use ssm_emulator::faults::{FrameFaults, ResumeFailCode, SideSelection};
-use ssm_tether::session::EventKind;
+use ssm_tether::events::EventKind;
 use support::{Rig, assert_streams_survive, echo_through, wait_event};
 use tokio::io::AsyncReadExt;
 

@@ -26,8 +26,8 @@ use crate::events::EventLog;
 
 mod dest;
 mod mgs;
-mod port;
-mod reliable;
+pub(crate) mod port;
+pub(crate) mod reliable;
 mod session;
 
 /// The agent version the model reports by default (mux, keepalive decided by the client).

@@ -17,6 +17,7 @@ mod error;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use aws_config::retry::RetryConfig;
@@ -33,8 +34,25 @@ use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 
 pub use error::{ApiError, ApiErrorKind};
 
-use crate::policy::AwsSettings;
 use crate::transport::sign;
+
+/// Where and as whom the SSM API is called. `None` fields use the AWS SDK's own resolution
+/// (environment variables, shared config, IMDS …).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AwsSettings {
+    /// AWS region, e.g. `us-east-1`.
+    pub region: Option<String>,
+    /// Shared-config profile name.
+    pub profile: Option<String>,
+    /// SSM API endpoint override, e.g. `http://127.0.0.1:4566` for the emulator.
+    pub endpoint_url: Option<String>,
+    /// Shared config file to read instead of `~/.aws/config` (like `AWS_CONFIG_FILE`).
+    pub config_file: Option<PathBuf>,
+    /// Shared credentials file to read instead of `~/.aws/credentials` (like
+    /// `AWS_SHARED_CREDENTIALS_FILE`). Re-read on every API call, so rewriting it rotates the
+    /// credentials of running tunnels.
+    pub credentials_file: Option<PathBuf>,
+}
 
 /// A WebSocket upgrade request (the `http` type tungstenite uses).
 pub type UpgradeRequest = tokio_tungstenite::tungstenite::http::Request<()>;

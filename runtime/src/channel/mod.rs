@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use uuid::Uuid;
 
-use crate::protocol::message::{FLAG_SYN, MAX_STREAM_PAYLOAD, SCHEMA_VERSION};
+use crate::protocol::message::{FLAG_SYN, FRAME_OVERHEAD, MAX_STREAM_PAYLOAD, SCHEMA_VERSION};
 use crate::protocol::payload::{AcknowledgeContent, ChannelClosed};
 use crate::protocol::{ClientMessage, DecodeError, MessageType, PayloadType};
 use rtt::RttEstimator;
@@ -172,6 +172,8 @@ pub struct Channel {
     epoch: (Instant, u64),
     next_seq: i64,
     unacked: BTreeMap<i64, Outgoing>,
+    /// Payload bytes of the messages in `unacked`.
+    unacked_bytes: usize,
     /// Retransmission deadlines; entries whose message was acked or rescheduled are stale and
     /// skipped lazily (cheaper than scanning the window on every wake-up).
     deadlines: BinaryHeap<Reverse<(Instant, i64)>>,
@@ -196,6 +198,7 @@ impl Channel {
             epoch: (now, unix_ms),
             next_seq: 0,
             unacked: BTreeMap::new(),
+            unacked_bytes: 0,
             deadlines: BinaryHeap::new(),
             expected: 0,
             reorder: BTreeMap::new(),
@@ -245,6 +248,7 @@ impl Channel {
             payload_type,
             payload,
         };
+        self.unacked_bytes += message.payload.len();
         let outgoing = Outgoing {
             frame: message.encode(),
             last_sent: None,
@@ -399,6 +403,11 @@ impl Channel {
         self.unacked.len()
     }
 
+    /// Payload bytes of the outgoing messages not yet acknowledged.
+    pub fn unacked_bytes(&self) -> usize {
+        self.unacked_bytes
+    }
+
     /// The next outgoing sequence number.
     pub fn next_sequence_number(&self) -> i64 {
         self.next_seq
@@ -508,6 +517,7 @@ impl Channel {
         let ack = AcknowledgeContent::from_payload(payload)
             .map_err(|err| FrameError::BadAck(err.to_string()))?;
         if let Some(out) = self.unacked.remove(&ack.sequence_number) {
+            self.unacked_bytes -= out.frame.len().saturating_sub(FRAME_OVERHEAD);
             self.stats.acked += 1;
             self.last_progress = Some(now);
             if out.transmissions == 1

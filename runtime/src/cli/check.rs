@@ -4,8 +4,10 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use ssm_tether::plugin::{PluginEngine, Reloader, Role};
+use ssm_tether::plugin::PluginEngine;
 use ssm_tether::policy;
+use ssm_tether::policy::Role;
+use ssm_tether::reload::Reloader;
 
 use super::EXIT_USAGE;
 

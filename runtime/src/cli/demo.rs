@@ -19,12 +19,13 @@ use clap::Args;
 use ssm_emulator::faults::SideSelection;
 use ssm_emulator::{Emulator, EmulatorConfig};
 use ssm_tether::aws::SsmApi;
-use ssm_tether::plugin::{
-    HealthCheckSpec, PluginEngine, PluginSource, PluginSpec, Role, TunnelLink, TunnelPluginSpecs,
-    TunnelPlugins,
-};
+use ssm_tether::events::TunnelStatus;
+use ssm_tether::plugin::{PluginEngine, TunnelLink, TunnelPlugins};
 use ssm_tether::policy::{AwsSettings, RecoverySettings, TunnelSpec};
-use ssm_tether::session::{Tunnel, TunnelConfig, TunnelStatus};
+use ssm_tether::policy::{
+    HealthCheckSpec, LocalAddress, PluginSource, PluginSpec, Role, TunnelPluginSpecs,
+};
+use ssm_tether::tunnel::{Tunnel, TunnelConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -97,7 +98,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "[ssm-tether-demo]\naws_access_key_id = AKIDDEMO\naws_secret_access_key = demo\n",
     )?;
     let mut spec = TunnelSpec::new("demo", "i-0123456789abcdef0", echo.port());
-    spec.local = SocketAddr::from(([127, 0, 0, 1], 0));
+    spec.local = LocalAddress::Tcp(SocketAddr::from(([127, 0, 0, 1], 0)));
     spec.aws = AwsSettings {
         region: Some("us-east-1".into()),
         profile: Some("ssm-tether-demo".into()),
@@ -118,7 +119,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let plugins = TunnelPlugins::load(
         &engine,
         &spec.plugins,
-        &ssm_tether::plugin::tunnel_info(&spec),
+        &ssm_tether::reload::tunnel_info(&spec),
         TunnelLink::new(),
     )
     .await
@@ -129,7 +130,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let tunnel = Tunnel::start(config, SsmApi::new(spec.aws.clone()))
         .await
         .context("cannot start the tunnel")?;
-    let local = tunnel.local_addr();
+    let local = tunnel
+        .tcp_addr()
+        .context("the demo tunnel listens on TCP")?;
     let plugin_stats = Arc::new(PluginStats::default());
     tokio::spawn(count_plugin_events(
         tunnel.subscribe(),
@@ -267,10 +270,10 @@ struct PluginStats {
 }
 
 async fn count_plugin_events(
-    mut events: tokio::sync::broadcast::Receiver<ssm_tether::session::TunnelEvent>,
+    mut events: tokio::sync::broadcast::Receiver<ssm_tether::events::TunnelEvent>,
     stats: Arc<PluginStats>,
 ) {
-    use ssm_tether::session::{EventKind, ProbeOutcome};
+    use ssm_tether::events::{EventKind, ProbeOutcome};
     loop {
         match events.recv().await {
             Ok(event) => match event.kind {

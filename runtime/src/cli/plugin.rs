@@ -7,12 +7,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use ssm_tether::aws::{ApiError, ApiErrorKind};
+use ssm_tether::events::{Cause, ConnectFailure, EventKind, ProbeFailure, SessionRef, TunnelEvent};
 use ssm_tether::plugin::{
-    PACKAGE_VERSION, PluginEngine, PluginInstance, PluginSource, PluginSpec, Role, TcpTarget,
-    TunnelInfo, TunnelLink,
+    PACKAGE_VERSION, PluginEngine, PluginInstance, TcpTarget, TunnelInfo, TunnelLink,
 };
-use ssm_tether::recovery::{Cause, DecisionContext, ProbeFailure};
-use ssm_tether::session::{EventKind, TunnelEvent};
+use ssm_tether::policy::{LocalAddress, PluginSource, PluginSpec, Role};
+use ssm_tether::recovery::DecisionContext;
+use ssm_tether::transport::connect::ConnectError;
 
 use super::{EXIT_FAILURE, EXIT_USAGE};
 
@@ -155,7 +156,7 @@ async fn test(engine: &PluginEngine, args: TestArgs) -> anyhow::Result<ExitCode>
         Some(address) => {
             spec.grants.tunnel_tcp = true;
             TunnelLink::to(TcpTarget {
-                address,
+                address: LocalAddress::Tcp(address),
                 status: None,
             })
         }
@@ -180,6 +181,11 @@ async fn test(engine: &PluginEngine, args: TestArgs) -> anyhow::Result<ExitCode>
             };
             println!("cause:    {cause}");
             let context = DecisionContext {
+                session: SessionRef {
+                    stripe: 0,
+                    serial: 1,
+                    session_id: Some("sample-session-0123456789abcdef".into()),
+                },
                 cause,
                 attempt: args.attempt,
                 failed_resumes: args.failed_resumes,
@@ -208,6 +214,7 @@ async fn test(engine: &PluginEngine, args: TestArgs) -> anyhow::Result<ExitCode>
             println!("event:    {kind:?}");
             let event = TunnelEvent {
                 tunnel: "sample".into(),
+                session: None,
                 at: std::time::SystemTime::now(),
                 kind,
             };
@@ -244,7 +251,9 @@ fn sample_cause(name: &str) -> anyhow::Result<Cause> {
         "planned-close" => Cause::PlannedClose,
         "transport-error" => Cause::TransportError("connection reset by peer".into()),
         "ping-timeout" => Cause::PingTimeout,
-        "connect-failed" => Cause::ConnectFailed("HTTP 403 on upgrade".into()),
+        "connect-failed" => {
+            Cause::ConnectFailed(ConnectFailure::Upgrade(ConnectError::Refused(403)))
+        }
         "resume-failed" => Cause::ResumeFailed(api_error(
             "ResumeSession",
             ApiErrorKind::Throttling,
@@ -271,7 +280,9 @@ fn sample_cause(name: &str) -> anyhow::Result<Cause> {
 fn sample_event(name: &str) -> anyhow::Result<EventKind> {
     let local: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 15432));
     Ok(match name {
-        "listening" => EventKind::Listening { local },
+        "listening" => EventKind::Listening {
+            local: local.to_string(),
+        },
         "session-started" => EventKind::SessionStarted {
             session_id: "sample-0123456789abcdef0".into(),
         },
@@ -307,13 +318,13 @@ fn sample_event(name: &str) -> anyhow::Result<EventKind> {
         },
         "connection-opened" => EventKind::ConnectionOpened {
             id: 7,
-            peer: SocketAddr::from(([127, 0, 0, 1], 50123)),
+            peer: SocketAddr::from(([127, 0, 0, 1], 50123)).to_string(),
         },
         "connection-closed" => EventKind::ConnectionClosed {
             id: 7,
             bytes_up: 1200,
             bytes_down: 34000,
-            reason: "closed by client",
+            reason: ssm_tether::events::CloseReason::ClientClosed,
         },
         "stopped" => EventKind::Stopped,
         other => anyhow::bail!("unknown event `{other}` for an event hook (see --help)"),

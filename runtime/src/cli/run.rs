@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ssm_tether::aws::SsmApi;
-use ssm_tether::plugin::{PluginEngine, Reloader};
+use ssm_tether::events::{EventKind, TunnelEvent};
+use ssm_tether::plugin::PluginEngine;
 use ssm_tether::policy;
-use ssm_tether::session::{EventKind, Tunnel, TunnelConfig, TunnelError, TunnelEvent};
+use ssm_tether::reload::Reloader;
+use ssm_tether::tunnel::{Tunnel, TunnelConfig, TunnelError};
 use tokio::sync::broadcast;
 
 use super::{EXIT_BIND, EXIT_FAILURE, EXIT_USAGE};
@@ -48,7 +50,7 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
             match Tunnel::start(config, SsmApi::new(spec.aws.clone())).await {
                 Ok(tunnel) => {
                     tokio::spawn(log_events(tunnel.subscribe()));
-                    tracing::info!(tunnel = %spec.name, local = %tunnel.local_addr(), "listening");
+                    tracing::info!(tunnel = %spec.name, local = %tunnel.local(), "listening");
                     tunnels.push(tunnel);
                 }
                 Err(err) => {
@@ -178,7 +180,7 @@ async fn log_events(mut events: broadcast::Receiver<TunnelEvent>) {
                 bytes_down,
                 reason,
             } => {
-                tracing::debug!(%tunnel, id, bytes_up, bytes_down, reason, "connection closed");
+                tracing::debug!(%tunnel, id, bytes_up, bytes_down, %reason, "connection closed");
             }
             // Forwarding, disconnects, resumes and destination errors are logged by the driver.
             _ => {}

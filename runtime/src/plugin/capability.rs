@@ -18,8 +18,8 @@ use wasmtime::component::Resource;
 
 use super::bindings::{host, tunnel_tcp, types};
 use super::sandbox::StoreState;
-use super::spec::Grants;
-use crate::session::{TunnelState, TunnelStatus};
+use crate::events::{TunnelState, TunnelStatus};
+use crate::policy::{Grants, LocalAddress};
 
 use tunnel_tcp::TcpError;
 
@@ -44,23 +44,70 @@ pub struct ProbeConnection {
 /// Where `tunnel-tcp` connects, and how to tell whether the tunnel is forwarding.
 #[derive(Clone, Debug)]
 pub struct TcpTarget {
-    /// The tunnel's local listener (an unspecified address is reached on loopback).
-    pub address: SocketAddr,
+    /// The tunnel's local end (an unspecified TCP address is reached on loopback).
+    pub address: LocalAddress,
     /// The tunnel's status; `None` (e.g. `plugin test --connect`): always assumed up.
     pub status: Option<watch::Receiver<TunnelStatus>>,
 }
 
 impl TcpTarget {
-    /// A target for a listener bound to `local`.
-    pub fn listener(local: SocketAddr, status: Option<watch::Receiver<TunnelStatus>>) -> Self {
-        let ip = match local.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ip => ip,
+    /// A target for a local end bound to `local`.
+    pub fn listener(local: &LocalAddress, status: Option<watch::Receiver<TunnelStatus>>) -> Self {
+        let address = match local {
+            LocalAddress::Tcp(addr) => {
+                let ip = match addr.ip() {
+                    IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                    ip => ip,
+                };
+                LocalAddress::Tcp(SocketAddr::new(ip, addr.port()))
+            }
+            unix @ LocalAddress::Unix(_) => unix.clone(),
         };
-        Self {
-            address: SocketAddr::new(ip, local.port()),
-            status,
+        Self { address, status }
+    }
+
+    async fn connect(&self) -> std::io::Result<ProbeStream> {
+        match &self.address {
+            LocalAddress::Tcp(addr) => {
+                let stream = TcpStream::connect(addr).await?;
+                let _ = stream.set_nodelay(true);
+                Ok(ProbeStream::Tcp(stream))
+            }
+            #[cfg(unix)]
+            LocalAddress::Unix(path) => Ok(ProbeStream::Unix(
+                tokio::net::UnixStream::connect(path).await?,
+            )),
+            #[cfg(not(unix))]
+            LocalAddress::Unix(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "Unix sockets need a Unix system",
+            )),
+        }
+    }
+}
+
+/// A probe's connection to the tunnel's local end.
+enum ProbeStream {
+    Tcp(TcpStream),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+impl ProbeStream {
+    async fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.write_all(data).await,
+            #[cfg(unix)]
+            Self::Unix(s) => s.write_all(data).await,
+        }
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.read(buf).await,
+            #[cfg(unix)]
+            Self::Unix(s) => s.read(buf).await,
         }
     }
 }
@@ -100,7 +147,7 @@ pub(crate) struct HostContext {
     tunnel: String,
     grants: Grants,
     link: TunnelLink,
-    conns: HashMap<u32, Option<TcpStream>>,
+    conns: HashMap<u32, Option<ProbeStream>>,
     next_conn: u32,
     log_lines: u32,
 }
@@ -140,7 +187,7 @@ impl HostContext {
         &mut self,
         conn: &Resource<ProbeConnection>,
         table: &wasmtime::component::ResourceTable,
-    ) -> Result<&mut TcpStream, TcpError> {
+    ) -> Result<&mut ProbeStream, TcpError> {
         let id = table.get(conn).map_err(|_| TcpError::Closed)?.id;
         self.conns
             .get_mut(&id)
@@ -230,12 +277,11 @@ impl tunnel_tcp::Host for StoreState {
         {
             return Ok(Err(TcpError::TunnelDown));
         }
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(target.address)).await {
+        let stream = match tokio::time::timeout(timeout, target.connect()).await {
             Err(_) => return Ok(Err(TcpError::Timeout)),
             Ok(Err(err)) => return Ok(Err(TcpError::Unreachable(err.to_string()))),
             Ok(Ok(stream)) => stream,
         };
-        let _ = stream.set_nodelay(true);
         let id = host.next_conn;
         host.next_conn = host.next_conn.wrapping_add(1);
         host.conns.insert(id, Some(stream));

@@ -4,10 +4,11 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::bindings::types as wit;
-use super::spec::Role;
 use crate::aws::{ApiError, ApiErrorKind};
-use crate::recovery::{Cause, Decision, DecisionContext, OutageSummary, ProbeFailure};
-use crate::session::{EventKind, ProbeOutcome, TunnelEvent};
+use crate::events::{Cause, ProbeFailure};
+use crate::events::{EventKind, ProbeOutcome, TunnelEvent};
+use crate::policy::Role;
+use crate::recovery::{Decision, DecisionContext, OutageSummary};
 
 /// Longest delay a plugin may ask for; a longer one is a bad answer.
 pub(crate) const MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
@@ -45,7 +46,7 @@ pub(crate) fn cause(cause: &Cause) -> wit::Cause {
         Cause::PlannedClose => wit::Cause::PlannedClose,
         Cause::TransportError(d) => wit::Cause::TransportError(d.clone()),
         Cause::PingTimeout => wit::Cause::PingTimeout,
-        Cause::ConnectFailed(d) => wit::Cause::ConnectFailed(d.clone()),
+        Cause::ConnectFailed(d) => wit::Cause::ConnectFailed(d.to_string()),
         Cause::ResumeFailed(e) => wit::Cause::ResumeFailed(api_failure(e)),
         Cause::StartFailed(e) => wit::Cause::StartFailed(api_failure(e)),
         Cause::HandshakeFailed(d) => wit::Cause::HandshakeFailed(d.clone()),
@@ -157,9 +158,15 @@ fn role(role: Role) -> wit::PluginRole {
     }
 }
 
-pub(crate) fn event(event: &TunnelEvent) -> wit::TunnelEvent {
+/// The event as WIT `0.1` describes it; `None` for kinds that package version has no case
+/// for (rotation steps: hooks see a successor as `session-started` and `forwarding`, and the
+/// predecessor's remaining connections as `connection-closed` with reason `max-duration`).
+pub(crate) fn event(event: &TunnelEvent) -> Option<wit::TunnelEvent> {
     let kind = match &event.kind {
-        EventKind::Listening { local } => wit::EventKind::Listening(local.to_string()),
+        EventKind::Rotating { .. } | EventKind::Rotated { .. } | EventKind::SessionEnded { .. } => {
+            return None;
+        }
+        EventKind::Listening { local } => wit::EventKind::Listening(local.clone()),
         EventKind::SessionStarted { session_id } => {
             wit::EventKind::SessionStarted(session_id.clone())
         }
@@ -220,7 +227,7 @@ pub(crate) fn event(event: &TunnelEvent) -> wit::TunnelEvent {
             id: *id,
             bytes_up: *bytes_up,
             bytes_down: *bytes_down,
-            reason: (*reason).to_owned(),
+            reason: reason.as_str().to_owned(),
         }),
         EventKind::DestinationUnreachable { destination } => {
             wit::EventKind::DestinationUnreachable(destination.clone())
@@ -249,9 +256,9 @@ pub(crate) fn event(event: &TunnelEvent) -> wit::TunnelEvent {
         }),
         EventKind::Stopped => wit::EventKind::Stopped,
     };
-    wit::TunnelEvent {
+    Some(wit::TunnelEvent {
         tunnel: event.tunnel.clone(),
         at_unix_ms: event.at.duration_since(UNIX_EPOCH).map_or(0, millis),
         kind,
-    }
+    })
 }

@@ -11,11 +11,11 @@ use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Config, Engine};
 
 use super::bindings::{self, health, hooks, plugin, reconnect};
-use super::builtin;
 use super::cache::ComponentCache;
 use super::error::LoadError;
 use super::sandbox::StoreState;
-use super::spec::{PluginSource, Role};
+use crate::builtin;
+use crate::policy::{PluginSource, Role};
 
 /// The WIT package version this runtime provides.
 pub const PACKAGE_VERSION: &str = "0.1.0";
@@ -196,7 +196,11 @@ impl LoadedPlugin {
     /// # Errors
     /// The plugin traps or exceeds its limits while starting.
     pub async fn describe(self: &Arc<Self>) -> Result<super::PluginInfo, LoadError> {
-        super::sandbox::Sandbox::describe(Arc::clone(self), self.world.default_limits()).await
+        super::sandbox::Sandbox::describe(
+            Arc::clone(self),
+            crate::policy::Limits::default_for(self.world),
+        )
+        .await
     }
 
     /// Whether it imports the `tunnel-tcp` capability (and so needs the grant to do its job).

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::spec::Role;
+use crate::policy::Role;
 
 /// A plugin could not be loaded or started. Every variant names the plugin as written in the
 /// policy file.

@@ -14,9 +14,9 @@ use super::convert;
 use super::engine::PluginEngine;
 use super::error::{CallFailure, LoadError};
 use super::sandbox::{Failure, Sandbox};
-use super::spec::{PluginSpec, Role};
+use crate::events::{ProbeOutcome, TunnelEvent};
+use crate::policy::{PluginSpec, Role};
 use crate::recovery::{Decision, DecisionContext};
-use crate::session::{ProbeOutcome, TunnelEvent};
 
 /// Consecutive failures after which a plugin is quarantined.
 pub const QUARANTINE_AFTER: u32 = 3;
@@ -144,8 +144,10 @@ impl PluginInstance {
     /// # Errors
     /// As [`decide`](Self::decide).
     pub async fn on_event(&self, event: &TunnelEvent) -> Result<(), CallFailure> {
+        let Some(event) = convert::event(event) else {
+            return Ok(());
+        };
         self.admit()?;
-        let event = convert::event(event);
         let result = self.sandbox.lock().await.on_event(&event).await;
         self.record(result)
     }
@@ -153,13 +155,13 @@ impl PluginInstance {
     /// The tunnel as plugins see it: a listener configured with port 0 shows the port it got.
     fn tunnel_info(&self) -> wit::TunnelInfo {
         let mut info = self.tunnel.clone();
-        if let (Ok(configured), Some(target)) = (
+        if let (Ok(configured), Some(bound)) = (
             info.local_address.parse::<std::net::SocketAddr>(),
-            self.link.get(),
+            self.link.get().and_then(|t| t.address.tcp()),
         ) && configured.port() == 0
         {
             info.local_address =
-                std::net::SocketAddr::new(configured.ip(), target.address.port()).to_string();
+                std::net::SocketAddr::new(configured.ip(), bound.port()).to_string();
         }
         info
     }

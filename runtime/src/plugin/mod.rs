@@ -12,32 +12,23 @@
 //! * [`TunnelPlugins`]: a tunnel's complete plugin set, swapped atomically on reload.
 //!
 //! The WIT contract is `wit/` at the repository root; the default plugins are embedded
-//! ([`builtin`]).
+//! ([`crate::builtin`]).
 
 mod bindings;
-pub mod builtin;
 mod cache;
 mod capability;
 mod convert;
 mod engine;
 mod error;
 mod instance;
-mod reload;
 mod sandbox;
 mod set;
-mod spec;
 
 pub use capability::{TcpTarget, TunnelLink};
 pub use engine::{LoadedPlugin, PACKAGE_VERSION, PluginEngine};
 pub use error::{CallFailure, LoadError};
 pub use instance::{PluginInfo, PluginInstance, QUARANTINE_AFTER, TunnelInfo};
-pub use reload::{ReloadError, Reloader, tunnel_info};
 pub use set::{HealthCheck, TunnelPlugins};
-pub(crate) use set::{TunnelSide, supervise};
-pub use spec::{
-    BUILTIN_PREFIX, DEFAULT_PROBE_INTERVAL, DEFAULT_UNHEALTHY_AFTER, Grants, HealthCheckSpec,
-    Limits, PluginSource, PluginSpec, Role, TunnelPluginSpecs,
-};
 
 /// The WIT types, for `plugin test` and tests.
 pub mod wit {

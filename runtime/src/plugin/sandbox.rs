@@ -17,7 +17,7 @@ use super::bindings::{health, hooks, reconnect, types};
 use super::capability::HostContext;
 use super::engine::{LoadedPlugin, RoleIndices, TICK};
 use super::error::LoadError;
-use super::spec::{Grants, Limits, PluginSpec};
+use crate::policy::{Grants, Limits, PluginSpec};
 
 /// What a plugin's store holds.
 pub(crate) struct StoreState {

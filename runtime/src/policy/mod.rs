@@ -34,6 +34,9 @@
 //!   or a bare port (`"15432"` or `15432`) meaning `127.0.0.1:PORT`. Default
 //!   `127.0.0.1:<remote_port>`. Port 0 picks a free port at bind time. Non-loopback addresses
 //!   (e.g. `0.0.0.0`) expose the tunnel to the network and need `allow_non_loopback = true`.
+//!   `"unix:PATH"` listens on a Unix socket instead (created with mode 0600, a relative
+//!   path is relative to the policy file; a stale socket file left by a previous run is
+//!   replaced, a live one is an error).
 //! * `allow_non_loopback` (optional, default `false`): see `local`.
 //!
 //! In `[[tunnel]]` or `[defaults]` (a tunnel's value wins over `[defaults]`, which wins over the
@@ -58,7 +61,25 @@
 //!     attempts before a fresh StartSession.
 //!   * `give_up_after` (default `"never"`): give up (exit non-zero) after the tunnel has been
 //!     down this long.
-//!   * `stable_after` (default `60s`): a connection up this long resets the attempt budget.
+//!   * `stable_after` (default `60s`): a connection up this long resets the attempt budget
+//!     of unplanned outages (planned recycles never count against it).
+//! * `sessions` (default `1`, 1–16): sessions to open to the target; new connections go to
+//!   the least-loaded one and each recovers on its own. The real agent paces each session to
+//!   about 1 MB/s per direction, so K sessions carry about K MB/s.
+//! * `max_session_duration` (default: unset): the maximum session duration of the
+//!   account's Session Manager preferences (1s–24h; the service allows 1–1440 minutes).
+//!   When set, every session is rotated make-before-break: `rotate_before` ahead of its end
+//!   a successor is started; new connections go to it once it forwards; connections on the
+//!   old session keep working until it ends, and those still open then are closed.
+//! * `rotate_before` (default `2m`): see `max_session_duration`; shorter than it.
+//! * `slow_reader_buffer` (default `"16MiB"`, 64KiB–4GiB): bytes queued for one local
+//!   connection whose application does not read, beyond which that connection alone is
+//!   closed. Sizes are bytes (an integer) or strings such as `"512KiB"`, `"16MiB"`, `"1GiB"`.
+//! * `slow_reader_tunnel_buffer` (default `"64MiB"`, at least `slow_reader_buffer`): bytes
+//!   queued for all connections of the tunnel, beyond which the largest backlog is closed
+//!   first.
+//! * `slow_reader_timeout` (default `60s`): a connection whose application accepts no byte
+//!   for this long while data waits for it is closed.
 //!
 //! * Plugins (a tunnel's table for a role replaces `[defaults]`' table for that role):
 //!   * `[reconnect]` (one table): the reconnect-policy plugin; without it the built-in
@@ -82,6 +103,7 @@
 
 mod error;
 mod parse;
+mod plugin_spec;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -89,8 +111,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::{Location, PolicyError};
+pub use plugin_spec::{
+    BUILTIN_PREFIX, DEFAULT_PROBE_INTERVAL, DEFAULT_UNHEALTHY_AFTER, Grants, HealthCheckSpec,
+    Limits, PluginSource, PluginSpec, Role, TunnelPluginSpecs,
+};
 
-use crate::plugin::{PluginSource, TunnelPluginSpecs};
+pub use crate::aws::AwsSettings;
 
 /// Document used when the tunnel ends on the target itself.
 pub const DOCUMENT_PORT_FORWARDING: &str = "AWS-StartPortForwardingSession";
@@ -115,6 +141,27 @@ pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(30);
 pub const DEFAULT_RESUME_ATTEMPTS_BEFORE_RESTART: u32 = 10;
 /// Built-in `recovery.stable_after`.
 pub const DEFAULT_STABLE_AFTER: Duration = Duration::from_secs(60);
+/// Built-in `sessions`.
+pub const DEFAULT_SESSIONS: u8 = 1;
+/// Most sessions one tunnel may stripe over.
+pub const MAX_SESSIONS: u8 = 16;
+/// Built-in `rotate_before`.
+pub const DEFAULT_ROTATE_BEFORE: Duration = Duration::from_secs(120);
+/// Shortest `max_session_duration` accepted. The service's own range is 1–1440 minutes;
+/// shorter values exist for compressed-time runs against the emulator.
+pub const MIN_SESSION_DURATION: Duration = Duration::from_secs(1);
+/// Longest `max_session_duration` accepted (the service's 1440 minutes).
+pub const MAX_SESSION_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// Built-in `slow_reader_buffer`.
+pub const DEFAULT_SLOW_READER_BUFFER: u64 = 16 << 20;
+/// Built-in `slow_reader_tunnel_buffer`.
+pub const DEFAULT_SLOW_READER_TUNNEL_BUFFER: u64 = 64 << 20;
+/// Built-in `slow_reader_timeout`.
+pub const DEFAULT_SLOW_READER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Smallest `slow_reader_buffer` accepted: one smux frame must fit.
+pub const MIN_SLOW_READER_BUFFER: u64 = 64 << 10;
+/// Largest `slow_reader_buffer` / `slow_reader_tunnel_buffer` accepted.
+pub const MAX_SLOW_READER_BUFFER: u64 = 4 << 30;
 
 /// A validated policy file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,8 +181,8 @@ pub struct TunnelSpec {
     pub remote_port: u16,
     /// Host the agent connects to instead of the target itself.
     pub remote_host: Option<String>,
-    /// Local listen address (port 0: any free port).
-    pub local: SocketAddr,
+    /// Where connections are accepted.
+    pub local: LocalAddress,
     /// StartSession `Reason`, if configured.
     pub reason: Option<String>,
     /// How the SSM API is reached.
@@ -144,26 +191,82 @@ pub struct TunnelSpec {
     pub transport: TransportSettings,
     /// The built-in reconnect policy.
     pub recovery: RecoverySettings,
+    /// Sessions striped over (1–16).
+    pub sessions: u8,
+    /// Make-before-break rotation ahead of the service's maximum session duration; `None`
+    /// when `max_session_duration` is not set.
+    pub rotation: Option<RotationSettings>,
+    /// Limits for local applications that stop reading.
+    pub slow_reader: SlowReaderSettings,
     /// Plugins: reconnect policy, health checks, event hooks.
     pub plugins: TunnelPluginSpecs,
 }
 
-/// Where and as whom the SSM API is called. `None` fields use the AWS SDK's own resolution
-/// (environment variables, shared config, IMDS …).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AwsSettings {
-    /// AWS region, e.g. `us-east-1`.
-    pub region: Option<String>,
-    /// Shared-config profile name.
-    pub profile: Option<String>,
-    /// SSM API endpoint override, e.g. `http://127.0.0.1:4566` for the emulator.
-    pub endpoint_url: Option<String>,
-    /// Shared config file to read instead of `~/.aws/config` (like `AWS_CONFIG_FILE`).
-    pub config_file: Option<PathBuf>,
-    /// Shared credentials file to read instead of `~/.aws/credentials` (like
-    /// `AWS_SHARED_CREDENTIALS_FILE`). Re-read on every API call, so rewriting it rotates the
-    /// credentials of running tunnels.
-    pub credentials_file: Option<PathBuf>,
+/// Where a tunnel accepts local connections.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LocalAddress {
+    /// A TCP listener (port 0: any free port).
+    Tcp(SocketAddr),
+    /// A Unix socket listener at this path, mode 0600 (`local = "unix:/path"`).
+    Unix(PathBuf),
+}
+
+impl LocalAddress {
+    /// The TCP address, if this is a TCP listener.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Tcp(addr) => Some(*addr),
+            Self::Unix(_) => None,
+        }
+    }
+}
+
+impl From<SocketAddr> for LocalAddress {
+    fn from(addr: SocketAddr) -> Self {
+        Self::Tcp(addr)
+    }
+}
+
+impl std::fmt::Display for LocalAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Make-before-break rotation: `rotate_before` ahead of a session's end a successor is
+/// started, new connections go to it, and the predecessor drains until its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotationSettings {
+    /// The maximum session duration of the account's Session Manager preferences.
+    pub max_session_duration: Duration,
+    /// How long before that end the successor is started (shorter than the duration).
+    pub rotate_before: Duration,
+}
+
+/// What a local application that stops reading may cost before its connection is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlowReaderSettings {
+    /// Bytes queued for one connection beyond which it is closed (`slow_reader_buffer`).
+    pub buffer: u64,
+    /// Bytes queued for all connections of the tunnel beyond which the largest backlog is
+    /// closed first (`slow_reader_tunnel_buffer`, at least `buffer`).
+    pub tunnel_buffer: u64,
+    /// How long a connection may accept no byte while data waits for it
+    /// (`slow_reader_timeout`).
+    pub timeout: Duration,
+}
+
+impl Default for SlowReaderSettings {
+    fn default() -> Self {
+        Self {
+            buffer: DEFAULT_SLOW_READER_BUFFER,
+            tunnel_buffer: DEFAULT_SLOW_READER_TUNNEL_BUFFER,
+            timeout: DEFAULT_SLOW_READER_TIMEOUT,
+        }
+    }
 }
 
 /// WebSocket keepalive: how often to ping and when a silent socket counts as dead.
@@ -221,11 +324,14 @@ impl TunnelSpec {
             target: target.into(),
             remote_port,
             remote_host: None,
-            local: SocketAddr::from((Ipv4Addr::LOCALHOST, remote_port)),
+            local: LocalAddress::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, remote_port))),
             reason: None,
             aws: AwsSettings::default(),
             transport: TransportSettings::default(),
             recovery: RecoverySettings::default(),
+            sessions: DEFAULT_SESSIONS,
+            rotation: None,
+            slow_reader: SlowReaderSettings::default(),
             plugins: TunnelPluginSpecs::default(),
         }
     }
@@ -272,6 +378,11 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
     // daemon happens to be started from".
     let base = path.parent().unwrap_or(Path::new(""));
     for tunnel in &mut policy.tunnels {
+        if let LocalAddress::Unix(path) = &mut tunnel.local
+            && path.is_relative()
+        {
+            *path = base.join(&*path);
+        }
         for file in [
             &mut tunnel.aws.config_file,
             &mut tunnel.aws.credentials_file,

@@ -17,10 +17,13 @@ use toml::de::{DeString, DeTable, DeValue};
 use super::error::Source;
 use super::{
     AwsSettings, DEFAULT_BASE_DELAY, DEFAULT_MAX_DELAY, DEFAULT_PING_INTERVAL,
-    DEFAULT_PONG_TIMEOUT, DEFAULT_RESUME_ATTEMPTS_BEFORE_RESTART, DEFAULT_STABLE_AFTER, Policy,
-    PolicyError, RecoverySettings, TransportSettings, TunnelSpec,
+    DEFAULT_PONG_TIMEOUT, DEFAULT_RESUME_ATTEMPTS_BEFORE_RESTART, DEFAULT_ROTATE_BEFORE,
+    DEFAULT_SESSIONS, DEFAULT_SLOW_READER_BUFFER, DEFAULT_SLOW_READER_TIMEOUT,
+    DEFAULT_SLOW_READER_TUNNEL_BUFFER, DEFAULT_STABLE_AFTER, LocalAddress, MAX_SESSION_DURATION,
+    MAX_SESSIONS, MAX_SLOW_READER_BUFFER, MIN_SESSION_DURATION, MIN_SLOW_READER_BUFFER, Policy,
+    PolicyError, RecoverySettings, RotationSettings, SlowReaderSettings, TransportSettings,
+    TunnelPluginSpecs, TunnelSpec,
 };
-use crate::plugin::TunnelPluginSpecs;
 
 mod plugins;
 
@@ -38,6 +41,12 @@ const SHARED_KEYS: &[&str] = &[
     "ping_interval",
     "pong_timeout",
     "recovery",
+    "sessions",
+    "max_session_duration",
+    "rotate_before",
+    "slow_reader_buffer",
+    "slow_reader_tunnel_buffer",
+    "slow_reader_timeout",
     "reconnect",
     "health_check",
     "hook",
@@ -158,6 +167,12 @@ struct Layer {
     ping_interval: Option<Sourced<Duration>>,
     pong_timeout: Option<Sourced<Duration>>,
     recovery: RecoveryLayer,
+    sessions: Option<Sourced<u8>>,
+    max_session_duration: Option<Sourced<Duration>>,
+    rotate_before: Option<Sourced<Duration>>,
+    slow_reader_buffer: Option<Sourced<u64>>,
+    slow_reader_tunnel_buffer: Option<Sourced<u64>>,
+    slow_reader_timeout: Option<Sourced<Duration>>,
     plugins: plugins::PluginLayer,
 }
 
@@ -299,6 +314,49 @@ impl<'s, 't, 'i> TableReader<'s, 't, 'i> {
         }
     }
 
+    /// A size in bytes: an integer, or a string such as `"512KiB"`, `"16MiB"`, `"1GiB"`
+    /// (binary units; `KB`, `MB`, `GB` are decimal), within `range`.
+    fn size(
+        &self,
+        key: &str,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<Option<Sourced<u64>>> {
+        let Some(value) = self.get(key) else {
+            return Ok(None);
+        };
+        let expected = "a size such as \"512KiB\", \"16MiB\" or \"1GiB\", or a number of bytes";
+        let bytes = match value.get_ref() {
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .ok()
+                .and_then(|n| u64::try_from(n).ok()),
+            DeValue::String(text) => parse_size(text),
+            _ => return Err(self.type_error(key, value, expected)),
+        };
+        let Some(bytes) = bytes else {
+            return Err(self.src.bad_value(
+                &value.span(),
+                self.field(key),
+                format_args!("is not {expected}"),
+            ));
+        };
+        if !range.contains(&bytes) {
+            return Err(self.src.bad_value(
+                &value.span(),
+                self.field(key),
+                format_args!(
+                    "must be between {} and {}",
+                    show_size(*range.start()),
+                    show_size(*range.end())
+                ),
+            ));
+        }
+        Ok(Some(Sourced {
+            value: bytes,
+            span: value.span(),
+            field: self.field(key),
+        }))
+    }
+
     fn boolean(&self, key: &str) -> Result<Option<bool>> {
         let Some(value) = self.get(key) else {
             return Ok(None);
@@ -383,6 +441,38 @@ impl<'s, 't, 'i> TableReader<'s, 't, 'i> {
     }
 }
 
+/// `"16MiB"` → 16 777 216; `None` for anything else. Units: B, KiB, MiB, GiB (binary) and
+/// KB, MB, GB (decimal); no unit means bytes.
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+/// A size for messages: `16MiB`, `64KiB`, or bytes.
+fn show_size(bytes: u64) -> String {
+    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes} bytes")
+}
+
 /// Lets [`TableReader::new`] take both the document root and nested values.
 trait AsTable<'i> {
     fn as_de_table(&self) -> Option<&DeTable<'i>>;
@@ -450,6 +540,37 @@ fn read_layer(table: &TableReader<'_, '_, '_>) -> Result<Layer> {
         }
         None => RecoveryLayer::default(),
     };
+    let sessions = match table.integer("sessions")? {
+        Some(n) => {
+            let value = u8::try_from(n.value)
+                .ok()
+                .filter(|k| (1..=MAX_SESSIONS).contains(k))
+                .ok_or_else(|| {
+                    table.src.bad_value(
+                        &n.span,
+                        &n.field,
+                        format_args!("must be between 1 and {MAX_SESSIONS}"),
+                    )
+                })?;
+            Some(Sourced {
+                value,
+                span: n.span,
+                field: n.field,
+            })
+        }
+        None => None,
+    };
+    let max_session_duration = table.duration("max_session_duration", false)?;
+    if let Some(d) = &max_session_duration
+        && !(MIN_SESSION_DURATION..=MAX_SESSION_DURATION).contains(&d.value)
+    {
+        return Err(table.src.bad_value(
+            &d.span,
+            &d.field,
+            "must be between 1s and 24h (the service allows 1 to 1440 minutes)",
+        ));
+    }
+    let buffers = MIN_SLOW_READER_BUFFER..=MAX_SLOW_READER_BUFFER;
     Ok(Layer {
         region,
         profile,
@@ -460,6 +581,12 @@ fn read_layer(table: &TableReader<'_, '_, '_>) -> Result<Layer> {
         ping_interval,
         pong_timeout,
         recovery,
+        sessions,
+        max_session_duration,
+        rotate_before: table.duration("rotate_before", false)?,
+        slow_reader_buffer: table.size("slow_reader_buffer", buffers.clone())?,
+        slow_reader_tunnel_buffer: table.size("slow_reader_tunnel_buffer", buffers)?,
+        slow_reader_timeout: table.duration("slow_reader_timeout", false)?,
         plugins: plugins::read_plugins(table)?,
     })
 }
@@ -580,8 +707,11 @@ fn read_tunnel(table: &TableReader<'_, '_, '_>, defaults: &Layer) -> Result<Pars
     let local_value = table.get("local");
     let (local, local_span, local_written) = match local_value {
         Some(value) => {
-            let addr = parse_local(table, value)?;
-            if !addr.ip().is_loopback() && !allow_non_loopback {
+            let local = parse_local(table, value)?;
+            if let LocalAddress::Tcp(addr) = &local
+                && !addr.ip().is_loopback()
+                && !allow_non_loopback
+            {
                 return Err(src.bad_value(
                     &value.span(),
                     table.field("local"),
@@ -589,10 +719,10 @@ fn read_tunnel(table: &TableReader<'_, '_, '_>, defaults: &Layer) -> Result<Pars
                      tunnel to the network",
                 ));
             }
-            (addr, value.span(), true)
+            (local, value.span(), true)
         }
         None => (
-            SocketAddr::from((Ipv4Addr::LOCALHOST, remote_port)),
+            LocalAddress::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, remote_port))),
             table.span.clone(),
             false,
         ),
@@ -654,6 +784,85 @@ fn read_tunnel(table: &TableReader<'_, '_, '_>, defaults: &Layer) -> Result<Pars
         ));
     }
 
+    let sessions = value_or(pick(&layer.sessions, &defaults.sessions), DEFAULT_SESSIONS);
+    let max_duration = pick(&layer.max_session_duration, &defaults.max_session_duration);
+    let rotate_before = pick(&layer.rotate_before, &defaults.rotate_before);
+    let rotation = match max_duration {
+        Some(max) => {
+            let before = value_or(rotate_before, DEFAULT_ROTATE_BEFORE);
+            // The successor needs time to start before the predecessor ends.
+            if before >= max.value {
+                return Err(ordering_error(
+                    src,
+                    &table.path,
+                    (rotate_before, "rotate_before", before),
+                    (Some(max), "max_session_duration", max.value),
+                    "shorter than",
+                ));
+            }
+            Some(RotationSettings {
+                max_session_duration: max.value,
+                rotate_before: before,
+            })
+        }
+        None => {
+            if let Some(before) = &layer.rotate_before {
+                return Err(src.invalid(
+                    &before.span,
+                    &before.field,
+                    "has no effect without max_session_duration; set max_session_duration \
+                     (the maximum session duration of the account's Session Manager \
+                     preferences) as well",
+                ));
+            }
+            None
+        }
+    };
+    let buffer = pick(&layer.slow_reader_buffer, &defaults.slow_reader_buffer);
+    let tunnel_buffer = pick(
+        &layer.slow_reader_tunnel_buffer,
+        &defaults.slow_reader_tunnel_buffer,
+    );
+    let slow_reader = SlowReaderSettings {
+        buffer: value_or(buffer, DEFAULT_SLOW_READER_BUFFER),
+        tunnel_buffer: value_or(tunnel_buffer, DEFAULT_SLOW_READER_TUNNEL_BUFFER),
+        timeout: value_or(
+            pick(&layer.slow_reader_timeout, &defaults.slow_reader_timeout),
+            DEFAULT_SLOW_READER_TIMEOUT,
+        ),
+    };
+    if slow_reader.tunnel_buffer < slow_reader.buffer {
+        let describe = |sourced: Option<&Sourced<u64>>, key: &str, value: u64| match sourced {
+            Some(s) => format!("{key} ({}, set at {})", show_size(value), s.field),
+            None => format!("{key} ({}, built-in default)", show_size(value)),
+        };
+        let (at, message) = match (tunnel_buffer, buffer) {
+            (Some(at), _) => (
+                at,
+                format!(
+                    "must be at least {}",
+                    describe(buffer, "slow_reader_buffer", slow_reader.buffer)
+                ),
+            ),
+            (None, Some(at)) => (
+                at,
+                format!(
+                    "is too large: {} must be at least slow_reader_buffer; set \
+                     slow_reader_tunnel_buffer as well",
+                    describe(None, "slow_reader_tunnel_buffer", slow_reader.tunnel_buffer)
+                ),
+            ),
+            (None, None) => {
+                return Err(src.invalid(
+                    &(0..0),
+                    format!("{}.slow_reader_buffer", table.path),
+                    "built-in defaults are inconsistent",
+                ));
+            }
+        };
+        return Err(src.bad_value(&at.span, &at.field, message));
+    }
+
     Ok(ParsedTunnel {
         path: table.path.clone(),
         name_span: name.span.clone(),
@@ -669,6 +878,9 @@ fn read_tunnel(table: &TableReader<'_, '_, '_>, defaults: &Layer) -> Result<Pars
             aws,
             transport,
             recovery,
+            sessions,
+            rotation,
+            slow_reader,
             plugins: TunnelPluginSpecs {
                 reconnect: layer
                     .plugins
@@ -748,56 +960,87 @@ fn is_target(target: &str) -> bool {
         .is_some_and(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric()))
 }
 
-/// `local`: an integer port, `"PORT"`, `"IP:PORT"`, `"[IPv6]:PORT"` or `"localhost:PORT"`.
+/// `local`: an integer port, `"PORT"`, `"IP:PORT"`, `"[IPv6]:PORT"`, `"localhost:PORT"` or
+/// `"unix:PATH"`.
 fn parse_local(
     table: &TableReader<'_, '_, '_>,
     value: &Spanned<DeValue<'_>>,
-) -> Result<SocketAddr> {
+) -> Result<LocalAddress> {
     let field = table.field("local");
     let bad = |why: &str| table.src.bad_value(&value.span(), &field, why);
-    let port_from = |n: i64| {
-        u16::try_from(n)
-            .map(|p| SocketAddr::from((Ipv4Addr::LOCALHOST, p)))
-            .map_err(|_| bad("is not a port (0-65535)"))
-    };
+    let tcp = |p: u16| LocalAddress::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, p)));
     match value.get_ref() {
         DeValue::Integer(i) => {
             let n =
                 i64::from_str_radix(i.as_str(), i.radix()).map_err(|_| bad("is out of range"))?;
-            port_from(n)
+            u16::try_from(n)
+                .map(tcp)
+                .map_err(|_| bad("is not a port (0-65535)"))
         }
         DeValue::String(s) => {
+            if let Some(path) = s.strip_prefix("unix:") {
+                return parse_unix_path(path).map_err(bad);
+            }
             let s = s.trim();
             if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) {
                 return match s.parse::<u16>() {
-                    Ok(p) => Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, p))),
+                    Ok(p) => Ok(tcp(p)),
                     Err(_) => Err(bad("is not a port (0-65535)")),
                 };
             }
             if let Ok(addr) = s.parse::<SocketAddr>() {
-                return Ok(addr);
+                return Ok(LocalAddress::Tcp(addr));
             }
             if let Some(port) = s.strip_prefix("localhost:") {
                 return port
                     .parse::<u16>()
-                    .map(|p| SocketAddr::from((IpAddr::V4(Ipv4Addr::LOCALHOST), p)))
+                    .map(|p| {
+                        LocalAddress::Tcp(SocketAddr::from((IpAddr::V4(Ipv4Addr::LOCALHOST), p)))
+                    })
                     .map_err(|_| bad("is not a port (0-65535) after localhost:"));
             }
             Err(bad(
-                "is not a local address (\"PORT\", \"IP:PORT\" or \"[IPv6]:PORT\")",
+                "is not a local address (\"PORT\", \"IP:PORT\", \"[IPv6]:PORT\" or \"unix:PATH\")",
             ))
         }
         _ => Err(table.type_error("local", value, "a string such as \"127.0.0.1:15432\"")),
     }
 }
 
+/// Longest Unix socket path the kernel takes (`sun_path` is 108 bytes on Linux, 104 on the
+/// BSDs and macOS, including the terminating NUL).
+const MAX_UNIX_PATH: usize = 103;
+
+fn parse_unix_path(path: &str) -> std::result::Result<LocalAddress, &'static str> {
+    if path.is_empty() {
+        return Err("names no path after unix:");
+    }
+    if path.chars().any(char::is_control) {
+        return Err("must not contain control characters");
+    }
+    if path.len() > MAX_UNIX_PATH {
+        return Err("is longer than the 103 bytes a Unix socket path may have");
+    }
+    if path.ends_with('/') {
+        return Err("names a directory; give the socket's file name");
+    }
+    Ok(LocalAddress::Unix(path.into()))
+}
+
 /// Two listeners on one address cannot coexist; an unspecified address (`0.0.0.0`, `::`)
 /// overlaps every address of its family on the same port.
-fn addresses_clash(a: SocketAddr, b: SocketAddr) -> bool {
-    if a.port() == 0 || b.port() == 0 || a.port() != b.port() || a.is_ipv4() != b.is_ipv4() {
-        return false;
+fn addresses_clash(a: &LocalAddress, b: &LocalAddress) -> bool {
+    match (a, b) {
+        (LocalAddress::Tcp(a), LocalAddress::Tcp(b)) => {
+            if a.port() == 0 || b.port() == 0 || a.port() != b.port() || a.is_ipv4() != b.is_ipv4()
+            {
+                return false;
+            }
+            a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
+        }
+        (LocalAddress::Unix(a), LocalAddress::Unix(b)) => a == b,
+        _ => false,
     }
-    a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
 }
 
 fn check_conflicts(src: &Source<'_>, tunnels: &[ParsedTunnel]) -> Result<()> {
@@ -817,7 +1060,7 @@ fn check_conflicts(src: &Source<'_>, tunnels: &[ParsedTunnel]) -> Result<()> {
         }
         names.insert(&t.spec.name, t);
         for earlier in &tunnels[..i] {
-            if addresses_clash(earlier.spec.local, t.spec.local) {
+            if addresses_clash(&earlier.spec.local, &t.spec.local) {
                 let how = if t.local_written {
                     String::new()
                 } else {

@@ -18,7 +18,7 @@ use crate::version::CLIENT_VERSION;
 pub type DataSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Why a data channel could not be opened. Never contains the token or a signed URL.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
     /// The upgrade did not complete in time.
     #[error("WebSocket upgrade timed out after {0:?}")]

@@ -2,7 +2,6 @@
 //! tunnel pointed at them, and traffic checked byte for byte.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,10 +9,9 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use ssm_emulator::{Emulator, EmulatorConfig};
 use ssm_tether::aws::SsmApi;
-use ssm_tether::channel::ChannelConfig;
-use ssm_tether::policy::AwsSettings;
+use ssm_tether::policy::{AwsSettings, LocalAddress, TunnelSpec};
 use ssm_tether::recovery::RecoverySettings;
-use ssm_tether::session::{Tunnel, TunnelConfig};
+use ssm_tether::tunnel::{Tunnel, TunnelConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -77,30 +75,20 @@ pub async fn emulator(tweak: impl FnOnce(&mut EmulatorConfig)) -> Emulator {
     Emulator::start(config).await.expect("emulator starts")
 }
 
+/// A loopback tunnel to `destination_port` with test-sized timers.
 pub fn tunnel_config(destination_port: u16) -> TunnelConfig {
-    TunnelConfig {
-        name: "test".into(),
-        target: "i-0123456789abcdef0".into(),
-        document_name: "AWS-StartPortForwardingSession".into(),
-        parameters: BTreeMap::from([
-            ("portNumber".to_owned(), vec![destination_port.to_string()]),
-            ("localPortNumber".to_owned(), vec!["0".to_owned()]),
-        ]),
-        reason: None,
-        local: "127.0.0.1:0".parse().expect("addr"),
-        ping_interval: Duration::from_millis(500),
-        pong_timeout: Duration::from_secs(2),
-        connect_timeout: Duration::from_secs(5),
-        handshake_timeout: Duration::from_secs(30),
-        recovery: RecoverySettings {
-            base_delay: Duration::from_millis(50),
-            max_delay: Duration::from_secs(1),
-            ..RecoverySettings::default()
-        },
-        channel: ChannelConfig::default(),
-        seed: 1,
-        plugins: ssm_tether::session::no_plugins(),
-    }
+    let mut spec = TunnelSpec::new("test", "i-0123456789abcdef0", destination_port);
+    spec.local = LocalAddress::Tcp("127.0.0.1:0".parse().expect("addr"));
+    let mut config = TunnelConfig::from_spec(&spec, 1);
+    config.ping_interval = Duration::from_millis(500);
+    config.pong_timeout = Duration::from_secs(2);
+    config.connect_timeout = Duration::from_secs(5);
+    config.recovery = RecoverySettings {
+        base_delay: Duration::from_millis(50),
+        max_delay: Duration::from_secs(1),
+        ..RecoverySettings::default()
+    };
+    config
 }
 
 /// Everything for one test: emulator, echo destination, credentials, a running tunnel.
@@ -135,7 +123,7 @@ impl Rig {
     }
 
     pub fn local(&self) -> SocketAddr {
-        self.tunnel.local_addr()
+        self.tunnel.tcp_addr().expect("a TCP listener")
     }
 }
 
@@ -264,11 +252,11 @@ pub async fn assert_streams_survive(
 
 /// The next tunnel event matching `matches`, or a panic naming `what` after `timeout`.
 pub async fn wait_event(
-    events: &mut tokio::sync::broadcast::Receiver<ssm_tether::session::TunnelEvent>,
+    events: &mut tokio::sync::broadcast::Receiver<ssm_tether::events::TunnelEvent>,
     timeout: Duration,
     what: &str,
-    matches: impl Fn(&ssm_tether::session::EventKind) -> bool,
-) -> ssm_tether::session::EventKind {
+    matches: impl Fn(&ssm_tether::events::EventKind) -> bool,
+) -> ssm_tether::events::EventKind {
     tokio::time::timeout(timeout, async {
         loop {
             match events.recv().await {

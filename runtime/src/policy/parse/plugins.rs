@@ -8,9 +8,10 @@ use toml::Spanned;
 use toml::de::DeValue;
 
 use super::{Result, TableReader, with_article};
-use crate::plugin::{
+use crate::builtin;
+use crate::policy::{
     BUILTIN_PREFIX, DEFAULT_PROBE_INTERVAL, DEFAULT_UNHEALTHY_AFTER, Grants, HealthCheckSpec,
-    PluginSource, PluginSpec, Role, builtin,
+    PluginSource, PluginSpec, Role,
 };
 
 /// Keys of every plugin entry.

@@ -8,14 +8,14 @@
 pub const BUILTINS: &[(&str, &[u8])] = &[
     (
         "exponential-backoff",
-        include_bytes!("../../../plugins/dist/exponential-backoff.wasm"),
+        include_bytes!("../../plugins/dist/exponential-backoff.wasm"),
     ),
     (
         "tcp-connect",
-        include_bytes!("../../../plugins/dist/tcp-connect.wasm"),
+        include_bytes!("../../plugins/dist/tcp-connect.wasm"),
     ),
-    ("http", include_bytes!("../../../plugins/dist/http.wasm")),
-    ("log", include_bytes!("../../../plugins/dist/log.wasm")),
+    ("http", include_bytes!("../../plugins/dist/http.wasm")),
+    ("log", include_bytes!("../../plugins/dist/log.wasm")),
 ];
 
 /// The component of the built-in plugin `name`.

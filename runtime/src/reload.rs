@@ -13,12 +13,8 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
-use super::engine::PluginEngine;
-use super::error::LoadError;
-use super::instance::TunnelInfo;
-use super::set::TunnelPlugins;
-use super::spec::PluginSource;
-use crate::policy::{self, Policy, PolicyError, TunnelSpec};
+use crate::plugin::{LoadError, PluginEngine, TunnelInfo, TunnelLink, TunnelPlugins};
+use crate::policy::{self, PluginSource, Policy, PolicyError, TunnelSpec};
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +77,7 @@ impl Reloader {
                 &engine,
                 &spec.plugins,
                 &tunnel_info(spec),
-                super::TunnelLink::new(),
+                TunnelLink::new(),
             )
             .await?;
             let (sender, receiver) = watch::channel(Arc::new(set));

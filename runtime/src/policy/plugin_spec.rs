@@ -1,9 +1,11 @@
 //! What the policy file says about a plugin: where it comes from, its config, limits and
-//! grants. Parsed by `crate::policy`, consumed by the host.
+//! grants. Parsed here, consumed by the plugin host.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub use crate::events::Role;
 
 /// Prefix that names a plugin embedded in the binary.
 pub const BUILTIN_PREFIX: &str = "builtin:";
@@ -36,51 +38,6 @@ impl fmt::Display for PluginSource {
     }
 }
 
-/// The role a plugin serves, which fixes the world it must implement.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// `reconnect-policy`: decides every recovery step.
-    ReconnectPolicy,
-    /// `health-check`: probes the tunnel end to end.
-    HealthCheck,
-    /// `event-hook`: observes lifecycle events.
-    EventHook,
-}
-
-impl Role {
-    /// The WIT world's name.
-    pub fn world(self) -> &'static str {
-        match self {
-            Self::ReconnectPolicy => "reconnect-policy",
-            Self::HealthCheck => "health-check",
-            Self::EventHook => "event-hook",
-        }
-    }
-
-    /// Default limits for the role: decisions and hooks must be quick; a probe waits on the
-    /// network.
-    pub fn default_limits(self) -> Limits {
-        match self {
-            Self::ReconnectPolicy | Self::EventHook => Limits {
-                memory: 32 << 20,
-                cpu: Duration::from_millis(50),
-                timeout: Duration::from_secs(1),
-            },
-            Self::HealthCheck => Limits {
-                memory: 32 << 20,
-                cpu: Duration::from_millis(200),
-                timeout: Duration::from_secs(5),
-            },
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.world())
-    }
-}
-
 /// Per-call limits of a plugin instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -90,6 +47,25 @@ pub struct Limits {
     pub cpu: Duration,
     /// Wall-clock limit per call (`timeout`), including time blocked in host calls.
     pub timeout: Duration,
+}
+
+impl Limits {
+    /// Default limits for a role: decisions and hooks must be quick; a probe waits on the
+    /// network.
+    pub fn default_for(role: Role) -> Self {
+        match role {
+            Role::ReconnectPolicy | Role::EventHook => Self {
+                memory: 32 << 20,
+                cpu: Duration::from_millis(50),
+                timeout: Duration::from_secs(1),
+            },
+            Role::HealthCheck => Self {
+                memory: 32 << 20,
+                cpu: Duration::from_millis(200),
+                timeout: Duration::from_secs(5),
+            },
+        }
+    }
 }
 
 /// Capabilities granted to a plugin (`grants = [...]`); everything else is denied.
@@ -132,7 +108,7 @@ impl PluginSpec {
         Self {
             source,
             config: "{}".to_owned(),
-            limits: role.default_limits(),
+            limits: Limits::default_for(role),
             grants: Grants::default(),
         }
     }

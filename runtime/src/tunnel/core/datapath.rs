@@ -1,0 +1,531 @@
+//! The forwarding data path: frames in and out of each session's reliable channel, the
+//! handshake, smux or basic mode, and the local connections at the other end.
+//!
+//! Downstream (agent → application) never waits: every in-order message is taken from the
+//! channel at once and its bytes are queued for their connection, so one application that
+//! stops reading cannot stall the others — it is closed once it exceeds its budget
+//! (`conns`). Upstream (application → agent) is throttled per session: while its channel's
+//! window, its smux outbound queue or a reorder gap is full, its upload gate closes and its
+//! connections are not read.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::handshake::{self, PortMode};
+use super::recovery::Ending;
+use super::session::{BasicOut, Forward, Link, Session};
+use super::{Action, ConnId, Core, OutFrame, SessionKey, SocketId};
+use crate::channel::ChannelEvent;
+use crate::events::{Cause, CloseReason, EventKind, SessionRole, TunnelState};
+use crate::mux::{MuxClient, MuxEvent};
+use crate::protocol::PayloadType;
+use crate::protocol::message::MAX_STREAM_PAYLOAD;
+use crate::protocol::payload::{Flag, HandshakeRequest};
+
+/// Outgoing bytes waiting to enter a session's channel beyond which its connections are no
+/// longer read.
+const OUTBOUND_HIGH_WATER: usize = 64 * 1024;
+/// Incoming messages held behind a gap beyond which a session's connections are no longer
+/// read. The agent fills a gap at one message per 100 ms; meanwhile request/response
+/// traffic (the common case) is throttled at its source instead of piling up behind it.
+const REORDER_HIGH_WATER: usize = 2048;
+/// Bytes handed to a socket's writer and not yet flushed beyond which no more are handed
+/// over: what is not handed over stays in the channel, which retransmits it anyway.
+const SOCKET_HIGH_WATER: usize = 1 << 20;
+
+impl Core {
+    pub(super) fn on_frame(&mut self, socket: SocketId, frame: Bytes, now: Instant) {
+        let Some(key) = self.socket_session(socket) else {
+            return;
+        };
+        let Some(session) = self.session_mut(key) else {
+            return;
+        };
+        let Some(online) = session.attached_mut().filter(|o| o.socket == socket) else {
+            return;
+        };
+        online.last_rx = now;
+        if let Some(data) = session.data.as_mut()
+            && let Err(err) = data.channel.handle_frame(frame, now)
+        {
+            tracing::debug!(error = %err, "frame ignored");
+        }
+        self.process(key, now);
+    }
+
+    /// Moves everything that can move for one session: channel events to local
+    /// connections, local bytes into the channel, frames to the socket.
+    pub(super) fn process(&mut self, key: SessionKey, now: Instant) {
+        loop {
+            let Some(event) = self
+                .session_mut(key)
+                .and_then(|s| s.data.as_mut())
+                .and_then(|d| d.channel.poll_event())
+            else {
+                break;
+            };
+            match event {
+                ChannelEvent::Message(message) => {
+                    self.on_message(key, message.payload_type, message.payload, now);
+                }
+                ChannelEvent::ChannelClosed(closed) => {
+                    let detail = if closed.output.is_empty() {
+                        "channel_closed".to_owned()
+                    } else {
+                        format!("channel_closed: {}", closed.output)
+                    };
+                    if matches!(
+                        self.session(key).map(|s| &s.link),
+                        Some(Link::Closing { .. })
+                    ) {
+                        self.finish_closing(key);
+                    } else {
+                        self.disconnected(key, Cause::SessionGone(detail), now);
+                    }
+                    return;
+                }
+                ChannelEvent::Paused => tracing::debug!("publication paused by the service"),
+                ChannelEvent::Resumed => tracing::debug!("publication resumed"),
+            }
+        }
+        let failed = self
+            .session_mut(key)
+            .and_then(|s| s.data.as_mut())
+            .and_then(|d| d.mux_failed.take());
+        if let Some(detail) = failed {
+            self.disconnected(key, Cause::ProtocolError(detail), now);
+            return;
+        }
+        self.pump(key, now);
+    }
+
+    fn on_message(
+        &mut self,
+        key: SessionKey,
+        payload_type: PayloadType,
+        payload: Bytes,
+        now: Instant,
+    ) {
+        match payload_type {
+            PayloadType::HANDSHAKE_REQUEST => self.on_handshake_request(key, &payload, now),
+            PayloadType::HANDSHAKE_COMPLETE => self.on_handshake_complete(key, now),
+            PayloadType::OUTPUT => self.on_output(key, payload, now),
+            PayloadType::FLAG => match Flag::from_payload(&payload) {
+                Ok(Flag::ConnectToPortError) => {
+                    let destination = self
+                        .session(key)
+                        .and_then(|s| s.data.as_ref())
+                        .and_then(|d| d.negotiated.as_ref())
+                        .map_or_else(String::new, |n| n.destination.clone());
+                    tracing::warn!(%destination,
+                        "the agent could not connect to the destination; closing that connection");
+                    self.emit_for(key, EventKind::DestinationUnreachable { destination });
+                }
+                Ok(flag) => tracing::debug!(?flag, "flag from the agent"),
+                Err(err) => tracing::debug!(error = %err, "unreadable flag"),
+            },
+            other => tracing::debug!(payload_type = ?other, "payload ignored"),
+        }
+    }
+
+    fn on_handshake_request(&mut self, key: SessionKey, payload: &[u8], now: Instant) {
+        let Some(data) = self.session_mut(key).and_then(|s| s.data.as_mut()) else {
+            return;
+        };
+        let Ok(request) = HandshakeRequest::from_payload(payload) else {
+            tracing::warn!("unreadable HandshakeRequest");
+            return;
+        };
+        let (response, negotiated) = handshake::answer(&request);
+        if let Err(err) =
+            data.channel
+                .send(PayloadType::HANDSHAKE_RESPONSE, response.to_payload(), now)
+        {
+            tracing::warn!(error = %err, "cannot answer the handshake");
+        }
+        match negotiated {
+            Ok(negotiated) => data.pending = Some(negotiated),
+            Err(err) => tracing::error!(error = %err, "handshake refused"),
+        }
+    }
+
+    fn on_handshake_complete(&mut self, key: SessionKey, now: Instant) {
+        let keepalive_every = self.config.smux_keepalive;
+        let Some(session) = self.session_mut(key) else {
+            return;
+        };
+        let Some(data) = session.data.as_mut() else {
+            return;
+        };
+        let Some(negotiated) = data.pending.take() else {
+            return;
+        };
+        let (mode, keepalive) = match negotiated.mode {
+            PortMode::Mux { keepalive } => {
+                data.forward = Forward::Mux {
+                    mux: MuxClient::new(),
+                    streams: HashMap::new(),
+                };
+                ("mux", keepalive)
+            }
+            PortMode::Basic { .. } => {
+                data.forward = Forward::Basic {
+                    active: None,
+                    out: VecDeque::new(),
+                    out_bytes: 0,
+                };
+                ("basic", false)
+            }
+        };
+        let agent_version = negotiated.agent_version.clone();
+        data.negotiated = Some(negotiated);
+        if let Some(online) = session.attached_mut() {
+            online.handshake_deadline = None;
+            if keepalive {
+                online.next_nop = Some(now + keepalive_every);
+            }
+        }
+        let Some(session) = self.session_mut(key) else {
+            return;
+        };
+        let session_id = session.id.clone().unwrap_or_default();
+        let ending = if session.ever_forwarded {
+            Ending::Restarted
+        } else {
+            Ending::Started
+        };
+        let restart = session.ever_forwarded || session.recovery.in_outage();
+        session.ever_forwarded = true;
+        let successor = session.role == SessionRole::Successor;
+        tracing::info!(session = %session.reference(), mode, %agent_version, "forwarding");
+        self.emit_for(
+            key,
+            EventKind::Forwarding {
+                session_id,
+                mode,
+                agent_version,
+            },
+        );
+        if restart {
+            self.end_outage(key, ending, now);
+        }
+        self.set_state(key, TunnelState::Forwarding);
+        if successor {
+            self.promote(key, now);
+        }
+        self.refresh_gate(key);
+        self.bind_waiting(now);
+    }
+
+    fn on_output(&mut self, key: SessionKey, payload: Bytes, now: Instant) {
+        let Some(data) = self.session_mut(key).and_then(|s| s.data.as_mut()) else {
+            return;
+        };
+        let mut deliveries: Vec<(ConnId, Bytes)> = Vec::new();
+        let mut closed: Vec<ConnId> = Vec::new();
+        match &mut data.forward {
+            Forward::Mux { mux, streams } => {
+                if let Err(err) = mux.handle_bytes(&payload) {
+                    // smux closes the whole session on a protocol error; so do we, by
+                    // restarting (the streams are unrecoverable).
+                    tracing::error!(error = %err, "smux protocol error");
+                    data.mux_failed = Some(err.to_string());
+                    return;
+                }
+                while let Some(event) = mux.poll_event() {
+                    match event {
+                        MuxEvent::Data(stream, bytes) => {
+                            if let Some(conn) = streams.get(&stream) {
+                                deliveries.push((*conn, bytes));
+                            }
+                        }
+                        MuxEvent::Closed(stream) => {
+                            if let Some(conn) = streams.remove(&stream) {
+                                closed.push(conn);
+                            }
+                        }
+                    }
+                }
+            }
+            Forward::Basic { active, .. } => {
+                if let Some(conn) = active {
+                    deliveries.push((*conn, payload));
+                }
+            }
+            Forward::Pending => {}
+        }
+        for (conn, bytes) in deliveries {
+            self.deliver(conn, bytes, now);
+        }
+        for conn in closed {
+            self.close_conn(conn, CloseReason::DestinationClosed, true, now);
+        }
+    }
+
+    /// Queues bytes for a local connection, closing it (or, over the tunnel's cap, the
+    /// largest backlog) when its application is too far behind.
+    fn deliver(&mut self, conn: ConnId, data: Bytes, now: Instant) {
+        let len = data.len();
+        if !self.conns.queue(conn, len, now) {
+            if self.conns.get(conn).is_some() {
+                tracing::warn!(conn = %conn, "local application too slow: its backlog exceeds \
+                    slow_reader_buffer; closing that connection");
+                self.close_conn(conn, CloseReason::SlowReader, false, now);
+            }
+            return;
+        }
+        self.status.bytes_down += len as u64;
+        self.actions.push_back(Action::WriteLocal { conn, data });
+        while let Some(victim) = self.conns.over_tunnel_cap() {
+            tracing::warn!(conn = %victim, "local backlogs exceed slow_reader_tunnel_buffer; \
+                closing the largest");
+            self.close_conn(victim, CloseReason::SlowReader, false, now);
+        }
+    }
+
+    pub(super) fn on_local_data(&mut self, conn: ConnId, data: Bytes, now: Instant) {
+        let Some(c) = self.conns.get_mut(conn) else {
+            return;
+        };
+        let (Some(key), stream) = (c.session, c.stream) else {
+            return;
+        };
+        c.bytes_up += data.len() as u64;
+        self.status.bytes_up += data.len() as u64;
+        let Some(data_state) = self.session_mut(key).and_then(|s| s.data.as_mut()) else {
+            return;
+        };
+        match &mut data_state.forward {
+            Forward::Mux { mux, .. } => {
+                if let Some(stream) = stream {
+                    mux.write(stream, &data);
+                }
+            }
+            Forward::Basic {
+                active,
+                out,
+                out_bytes,
+            } if *active == Some(conn) => {
+                for chunk in data.chunks(MAX_STREAM_PAYLOAD) {
+                    *out_bytes += chunk.len();
+                    out.push_back(BasicOut::Data(data.slice_ref(chunk)));
+                }
+            }
+            Forward::Basic { .. } | Forward::Pending => {}
+        }
+        self.pump(key, now);
+    }
+
+    /// Ends a local connection: FIN to the agent (or DisconnectToPort in basic mode), the
+    /// local side closed (after its queue drains, if `drain`), an event.
+    pub(super) fn close_conn(
+        &mut self,
+        conn: ConnId,
+        reason: CloseReason,
+        drain: bool,
+        now: Instant,
+    ) {
+        let Some(c) = self.conns.remove(conn) else {
+            return;
+        };
+        let mut session_ref = None;
+        if let Some(key) = c.session
+            && let Some(session) = self.session_mut(key)
+        {
+            session_ref = Some(session.reference());
+            if let Some(data) = session.data.as_mut() {
+                match &mut data.forward {
+                    Forward::Mux { mux, streams } => {
+                        if let Some(stream) = c.stream {
+                            mux.close(stream);
+                            streams.remove(&stream);
+                        }
+                    }
+                    Forward::Basic {
+                        active,
+                        out,
+                        out_bytes,
+                    } if *active == Some(conn) => {
+                        *active = None;
+                        *out_bytes += 4;
+                        out.push_back(BasicOut::Flag(Flag::DisconnectToPort));
+                    }
+                    Forward::Basic { .. } | Forward::Pending => {}
+                }
+            }
+        }
+        if reason == CloseReason::SlowReader {
+            self.status.slow_reader_closes += 1;
+        }
+        self.status_dirty = true;
+        self.actions.push_back(Action::CloseLocal { conn, drain });
+        self.emit(
+            session_ref,
+            EventKind::ConnectionClosed {
+                id: conn.0,
+                bytes_up: c.bytes_up,
+                bytes_down: c.bytes_down,
+                reason,
+            },
+        );
+        if let Some(key) = c.session {
+            self.pump(key, now);
+            self.bind_waiting(now);
+            self.maybe_end_drained(key, now);
+        }
+    }
+
+    /// Binds waiting connections to sessions, as far as the sessions' modes allow.
+    pub(super) fn bind_waiting(&mut self, now: Instant) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let mut touched = Vec::new();
+        while self.conns.first_waiting().is_some() {
+            let Some(key) = self.pick_session() else {
+                break;
+            };
+            let Some(data) = self.session_mut(key).and_then(|s| s.data.as_mut()) else {
+                break;
+            };
+            let stream = match &mut data.forward {
+                Forward::Mux { mux, .. } => Some(mux.open_stream()),
+                Forward::Basic { .. } | Forward::Pending => None,
+            };
+            let Some(conn) = self.conns.bind_first(key, stream) else {
+                break;
+            };
+            if let Some(data) = self.session_mut(key).and_then(|s| s.data.as_mut()) {
+                match &mut data.forward {
+                    Forward::Mux { streams, .. } => {
+                        if let Some(stream) = stream {
+                            streams.insert(stream, conn);
+                        }
+                    }
+                    Forward::Basic { active, .. } => *active = Some(conn),
+                    Forward::Pending => {}
+                }
+            }
+            let uploads = self.session(key).is_some_and(|s| s.uploads_open);
+            self.actions.push_back(Action::Bind {
+                conn,
+                session: key,
+                uploads,
+            });
+            self.status_dirty = true;
+            if !touched.contains(&key) {
+                touched.push(key);
+            }
+        }
+        for key in touched {
+            self.pump(key, now);
+        }
+    }
+
+    /// The session a new connection should go to: a primary that can take one, forwarding
+    /// ones before those in an outage, then the least loaded (bytes in flight, then
+    /// connection count).
+    fn pick_session(&self) -> Option<SessionKey> {
+        self.sessions
+            .iter()
+            .filter(|s| s.can_take_connection())
+            .min_by_key(|s| {
+                let (connections, backlog) = self.conns.load_of(s.key);
+                (
+                    !s.is_forwarding(),
+                    s.bytes_in_flight() as u64 + backlog,
+                    connections,
+                    s.stripe,
+                )
+            })
+            .map(|s| s.key)
+    }
+
+    /// Moves queued outgoing bytes into the channel while its window has room, then writes
+    /// what the channel wants sent and updates the upload gate.
+    pub(super) fn pump(&mut self, key: SessionKey, now: Instant) {
+        if let Some(data) = self.session_mut(key).and_then(|s| s.data.as_mut()) {
+            while data.channel.send_capacity() > 0 {
+                let (payload_type, payload) = match &mut data.forward {
+                    Forward::Mux { mux, .. } => match mux.take_outbound(MAX_STREAM_PAYLOAD) {
+                        Some(chunk) => (PayloadType::OUTPUT, chunk),
+                        None => break,
+                    },
+                    Forward::Basic { out, out_bytes, .. } => match out.pop_front() {
+                        Some(BasicOut::Data(chunk)) => {
+                            *out_bytes -= chunk.len();
+                            (PayloadType::OUTPUT, chunk)
+                        }
+                        Some(BasicOut::Flag(flag)) => {
+                            *out_bytes -= 4;
+                            (PayloadType::FLAG, flag.to_payload())
+                        }
+                        None => break,
+                    },
+                    Forward::Pending => break,
+                };
+                if let Err(err) = data.channel.send(payload_type, payload, now) {
+                    // Capacity was checked and chunks are ≤ 1024 bytes: unreachable, and
+                    // losing the bytes silently is the one thing this code must never do.
+                    tracing::error!(error = %err, "the channel refused a message");
+                    break;
+                }
+            }
+        }
+        self.flush(key, now);
+        self.refresh_gate(key);
+    }
+
+    /// Hands what the channel wants sent to the socket's writer, up to its high water.
+    pub(super) fn flush(&mut self, key: SessionKey, now: Instant) {
+        let Some(session) = self.session_mut(key) else {
+            return;
+        };
+        let Some(data) = session.data.as_mut() else {
+            return;
+        };
+        let online = match &mut session.link {
+            Link::Online(online) | Link::Closing { online, .. } => online,
+            _ => return,
+        };
+        let mut frames = Vec::new();
+        while online.queued < SOCKET_HIGH_WATER {
+            let Some(frame) = data.channel.poll_transmit() else {
+                break;
+            };
+            online.queued += frame.len();
+            frames.push(OutFrame::Binary(frame));
+        }
+        if frames.is_empty() {
+            return;
+        }
+        online.write_stalled_since.get_or_insert(now);
+        let socket = online.socket;
+        self.actions.push_back(Action::Send { socket, frames });
+    }
+
+    /// Announces a change of the session's upload gate.
+    pub(super) fn refresh_gate(&mut self, key: SessionKey) {
+        let stopping = self.stopping.is_some();
+        let Some(session) = self.session_mut(key) else {
+            return;
+        };
+        let open = !stopping && uploads_allowed(session);
+        if open != session.uploads_open {
+            session.uploads_open = open;
+            self.actions
+                .push_back(Action::Uploads { session: key, open });
+        }
+    }
+}
+
+fn uploads_allowed(session: &Session) -> bool {
+    session.data.as_ref().is_some_and(|d| {
+        d.negotiated.is_some()
+            && d.channel.send_capacity() > 0
+            && d.channel.reorder_len() < REORDER_HIGH_WATER
+            && d.forward.outbound_len() < OUTBOUND_HIGH_WATER
+    })
+}

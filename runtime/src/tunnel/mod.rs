@@ -1,0 +1,337 @@
+//! A running tunnel: its local end, its sessions, its plugins (DESIGN "Recovery, in tiers").
+//!
+//! * [`core`]: the sans-IO tunnel core — sessions, recovery, rotation, striping, the data
+//!   path, local connection bookkeeping, timers and shutdown, driven by events and time.
+//! * `shell`: the tokio task that performs the core's actions with real sockets.
+//! * [`api`]: the seam in front of the SSM API ([`SessionApi`]).
+//! * `plugins`: health checks and event hooks running beside the tunnel.
+//!
+//! [`Tunnel::start`] binds the local end and starts everything; the local end stays bound
+//! through every resume and restart, and connections are accepted throughout.
+
+pub mod api;
+pub mod core;
+mod plugins;
+mod shell;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use self::core::{Core, CoreConfig, Stopped};
+use crate::channel::ChannelConfig;
+use crate::events::{EventKind, TunnelEvent, TunnelStatus};
+use crate::plugin::{TcpTarget, TunnelPlugins};
+use crate::policy::{LocalAddress, RotationSettings, SlowReaderSettings, TunnelSpec};
+use crate::recovery::RecoverySettings;
+pub use api::{SessionApi, StartRequest};
+
+/// Everything a tunnel needs to run.
+#[derive(Clone, Debug)]
+pub struct TunnelConfig {
+    /// Name, for events and logs.
+    pub name: String,
+    /// The StartSession target (instance id).
+    pub target: String,
+    /// The SSM document, e.g. `AWS-StartPortForwardingSession`.
+    pub document_name: String,
+    /// StartSession parameters (lists of strings).
+    pub parameters: BTreeMap<String, Vec<String>>,
+    /// StartSession `Reason`, shown in the SSM console's session history.
+    pub reason: Option<String>,
+    /// Where to accept connections; a TCP port 0 picks a free port.
+    pub local: LocalAddress,
+    /// Sessions to stripe over (1–16).
+    pub sessions: u8,
+    /// Make-before-break rotation ahead of the maximum session duration.
+    pub rotation: Option<RotationSettings>,
+    /// Limits for local applications that stop reading.
+    pub slow_reader: SlowReaderSettings,
+    /// WebSocket ping period.
+    pub ping_interval: Duration,
+    /// A socket with nothing received (no pong, no frame), or whose writes make no progress,
+    /// for this long is dead.
+    pub pong_timeout: Duration,
+    /// Limit for one WebSocket upgrade.
+    pub connect_timeout: Duration,
+    /// How long a new session may take from its socket opening to HandshakeComplete before
+    /// it is replaced.
+    pub handshake_timeout: Duration,
+    /// smux NOP period for agents that keep smux keepalive on (smux's own 10 s; shorter
+    /// only to test against an emulator whose keepalive timeout is compressed too).
+    pub smux_keepalive: Duration,
+    /// The built-in recovery policy's settings.
+    pub recovery: RecoverySettings,
+    /// Reliable channel limits.
+    pub channel: ChannelConfig,
+    /// Seeds the policy's jitter.
+    pub seed: u64,
+    /// The tunnel's plugins; a new value on this channel swaps them (hot reload).
+    pub plugins: watch::Receiver<Arc<TunnelPlugins>>,
+}
+
+/// A plugin channel with no plugins and no sender: the built-in policy decides, forever.
+pub fn no_plugins() -> watch::Receiver<Arc<TunnelPlugins>> {
+    watch::channel(Arc::new(TunnelPlugins::none())).1
+}
+
+impl TunnelConfig {
+    /// The runtime configuration of a tunnel from the policy file.
+    pub fn from_spec(spec: &TunnelSpec, seed: u64) -> Self {
+        Self {
+            name: spec.name.clone(),
+            target: spec.target.clone(),
+            document_name: spec.document_name().to_owned(),
+            parameters: spec.parameters(),
+            reason: spec.reason.clone(),
+            local: spec.local.clone(),
+            sessions: spec.sessions,
+            rotation: spec.rotation,
+            slow_reader: spec.slow_reader,
+            ping_interval: spec.transport.ping_interval,
+            pong_timeout: spec.transport.pong_timeout,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            handshake_timeout: core::DEFAULT_HANDSHAKE_TIMEOUT,
+            smux_keepalive: core::SMUX_KEEPALIVE,
+            recovery: spec.recovery,
+            channel: ChannelConfig::default(),
+            seed,
+            plugins: no_plugins(),
+        }
+    }
+
+    /// The sans-IO part of the configuration.
+    pub fn core(&self) -> CoreConfig {
+        CoreConfig {
+            stripes: self.sessions,
+            rotation: self.rotation,
+            ping_interval: self.ping_interval,
+            pong_timeout: self.pong_timeout,
+            handshake_timeout: self.handshake_timeout,
+            recovery: self.recovery,
+            channel: self.channel.clone(),
+            slow_reader: self.slow_reader,
+            smux_keepalive: self.smux_keepalive,
+            seed: self.seed,
+            ..CoreConfig::default()
+        }
+    }
+}
+
+/// Limit for one WebSocket upgrade (the official client's dialer allows 45 s; a healthy
+/// upgrade takes well under a second, and a stuck one is better retried).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why a tunnel stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// The local end could not be bound.
+    #[error("tunnel {name}: cannot listen on {local}: {source}")]
+    Bind {
+        /// The tunnel.
+        name: String,
+        /// The address.
+        local: LocalAddress,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The recovery policy gave up.
+    #[error("tunnel {name}: gave up: {reason}")]
+    GaveUp {
+        /// The tunnel.
+        name: String,
+        /// The policy's reason.
+        reason: String,
+    },
+    /// The tunnel's task failed unexpectedly.
+    #[error("tunnel {name}: internal error: {detail}")]
+    Internal {
+        /// The tunnel.
+        name: String,
+        /// What failed.
+        detail: String,
+    },
+}
+
+/// A running tunnel.
+#[derive(Debug)]
+pub struct Tunnel {
+    name: String,
+    local: LocalAddress,
+    events: broadcast::Sender<TunnelEvent>,
+    status: watch::Receiver<TunnelStatus>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<Stopped>,
+    acceptor: JoinHandle<()>,
+}
+
+impl Tunnel {
+    /// Binds the local end and starts the tunnel.
+    ///
+    /// # Errors
+    /// The local end cannot be bound.
+    pub async fn start<A: SessionApi>(config: TunnelConfig, api: A) -> Result<Self, TunnelError> {
+        let (listener, local) = shell::listener::Listener::bind(&config.local)
+            .await
+            .map_err(|source| TunnelError::Bind {
+                name: config.name.clone(),
+                local: config.local.clone(),
+                source,
+            })?;
+        let (events, _) = broadcast::channel(1024);
+        let (status_tx, status) = watch::channel(TunnelStatus::default());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (accept_tx, accepted) = mpsc::channel(1);
+        let (probe_tx, probe_failures) = mpsc::channel(8);
+        config
+            .plugins
+            .borrow()
+            .link
+            .set(TcpTarget::listener(&local, Some(status.clone())));
+        // Before the first event, so that hooks see it.
+        plugins::supervise(
+            config.plugins.clone(),
+            plugins::TunnelSide {
+                name: config.name.clone(),
+                events: events.clone(),
+                status: status.clone(),
+                probe_failures: probe_tx,
+            },
+        );
+        let _ = events.send(TunnelEvent {
+            tunnel: config.name.clone(),
+            session: None,
+            at: std::time::SystemTime::now(),
+            kind: EventKind::Listening {
+                local: local.to_string(),
+            },
+        });
+        let acceptor = tokio::spawn(accept_loop(listener, accept_tx));
+        let core = Core::new(config.core(), Instant::now(), shell::unix_ms());
+        let shell_config = shell::ShellConfig {
+            name: config.name.clone(),
+            start: StartRequest {
+                target: config.target.clone(),
+                document_name: config.document_name.clone(),
+                parameters: config.parameters.clone(),
+                reason: config.reason.clone(),
+            },
+            connect_timeout: config.connect_timeout,
+            terminate_timeout: CoreConfig::default().terminate_budget,
+        };
+        let task = tokio::spawn(shell::run(
+            core,
+            Arc::new(api),
+            shell_config,
+            shell::Outlets {
+                events: events.clone(),
+                status: status_tx,
+            },
+            shell::Inlets {
+                accepted,
+                probe_failures,
+                plugins: config.plugins.clone(),
+                shutdown: shutdown_rx,
+            },
+        ));
+        Ok(Self {
+            name: config.name,
+            local,
+            events,
+            status,
+            shutdown,
+            task,
+            acceptor,
+        })
+    }
+
+    /// Where the tunnel accepts connections (a TCP port 0 resolved to the port it got).
+    pub fn local(&self) -> &LocalAddress {
+        &self.local
+    }
+
+    /// The TCP address, if the local end is a TCP listener.
+    pub fn tcp_addr(&self) -> Option<std::net::SocketAddr> {
+        self.local.tcp()
+    }
+
+    /// The tunnel's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Lifecycle events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<TunnelEvent> {
+        self.events.subscribe()
+    }
+
+    /// The live status.
+    pub fn status(&self) -> watch::Receiver<TunnelStatus> {
+        self.status.clone()
+    }
+
+    /// Whether the tunnel stopped on its own (the policy gave up or an internal error).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Waits until the tunnel stops on its own.
+    ///
+    /// # Errors
+    /// Why it stopped.
+    pub async fn wait(&mut self) -> Result<(), TunnelError> {
+        let result = (&mut self.task).await;
+        self.acceptor.abort();
+        self.flatten(result)
+    }
+
+    /// Stops the tunnel: the TerminateSession flag and call for every session, every
+    /// connection closed, the local end unbound.
+    ///
+    /// # Errors
+    /// The tunnel had already stopped with an error.
+    pub async fn shutdown(mut self) -> Result<(), TunnelError> {
+        let _ = self.shutdown.send(true);
+        self.acceptor.abort();
+        let result = (&mut self.task).await;
+        self.flatten(result)
+    }
+
+    fn flatten(&self, result: Result<Stopped, tokio::task::JoinError>) -> Result<(), TunnelError> {
+        match result {
+            Ok(Stopped::Requested) => Ok(()),
+            Ok(Stopped::GaveUp(reason)) => Err(TunnelError::GaveUp {
+                name: self.name.clone(),
+                reason,
+            }),
+            Err(err) => Err(TunnelError::Internal {
+                name: self.name.clone(),
+                detail: err.to_string(),
+            }),
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: shell::listener::Listener,
+    accepted: mpsc::Sender<(shell::listener::LocalStream, String)>,
+) {
+    loop {
+        match listener.accept().await {
+            Ok(pair) => {
+                if accepted.send(pair).await.is_err() {
+                    return;
+                }
+            }
+            // Out of file descriptors and similar: back off instead of spinning.
+            Err(err) => {
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -14,6 +14,7 @@ pub mod events;
 pub mod faults;
 pub mod server;
 pub mod sessions;
+pub mod sim;
 
 mod admin;
 mod agent_link;

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use rand::rngs::StdRng;
+use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use ssm_tether_protocol::message::MAX_STREAM_PAYLOAD;
@@ -61,7 +61,7 @@ pub enum AgentEnd {
 #[derive(Debug)]
 pub(crate) struct Agent {
     reliable: Reliable,
-    rng: StdRng,
+    rng: SmallRng,
     version: String,
     properties: BTreeMap<String, Value>,
     pacing: Duration,
@@ -89,7 +89,7 @@ impl Agent {
     ) -> Self {
         Self {
             reliable: Reliable::new(),
-            rng: StdRng::seed_from_u64(seed),
+            rng: SmallRng::seed_from_u64(seed),
             version: version.to_owned(),
             properties,
             pacing,

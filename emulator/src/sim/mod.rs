@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rand::rngs::StdRng;
+use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use ssm_tether_protocol::message::FLAGS_CONTROL;
@@ -210,7 +210,7 @@ enum Side {
 #[derive(Debug)]
 pub struct World {
     config: SimConfig,
-    rng: StdRng,
+    rng: SmallRng,
     now: Instant,
     sessions: BTreeMap<String, Session>,
     sockets: BTreeMap<SocketHandle, String>,
@@ -229,7 +229,7 @@ impl World {
     pub fn new(config: SimConfig, seed: u64, now: Instant) -> Self {
         Self {
             config,
-            rng: StdRng::seed_from_u64(seed),
+            rng: SmallRng::seed_from_u64(seed),
             now,
             sessions: BTreeMap::new(),
             sockets: BTreeMap::new(),

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod check;
+#[cfg(feature = "emulator")]
 mod demo;
+#[cfg(feature = "emulator")]
 mod emulator;
 mod frame;
 mod plugin;
@@ -43,6 +45,7 @@ enum Command {
     },
     /// Watch a tunnel survive compressed hourly recycling, stale cells and a service-side
     /// termination, against the built-in emulator (no AWS account needed).
+    #[cfg(feature = "emulator")]
     Demo(demo::DemoArgs),
     /// Decode or encode SSM data-channel frames (ClientMessage), e.g. captured from a session.
     #[command(subcommand)]
@@ -51,6 +54,7 @@ enum Command {
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
     /// Run a local SSM service and agent emulator with fault injection (no AWS needed).
+    #[cfg(feature = "emulator")]
     Emulator(ssm_emulator::cli::EmulatorArgs),
 }
 
@@ -59,9 +63,11 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { policy } => run::run(&policy),
         Command::Check { policy } => check::run(&policy),
+        #[cfg(feature = "emulator")]
         Command::Demo(args) => demo::run(args),
         Command::Frame(command) => frame::run(command),
         Command::Plugin(command) => plugin::run(command),
+        #[cfg(feature = "emulator")]
         Command::Emulator(args) => emulator::run(args),
     }
 }

@@ -306,7 +306,15 @@ impl Core {
         if let Some(data) = session.data.as_mut() {
             data.channel.on_disconnected();
         }
-        tracing::info!(session = %session.reference(), cause = %cause, "disconnected");
+        let gone = matches!(cause, Cause::SessionGone(_));
+        let cause = if gone && self.at_limit(key, now) {
+            Cause::MaxDurationReached
+        } else {
+            cause
+        };
+        if let Some(session) = self.session(key) {
+            tracing::info!(session = %session.reference(), cause = %cause, "disconnected");
+        }
         self.emit_for(
             key,
             EventKind::Disconnected {
@@ -314,15 +322,9 @@ impl Core {
             },
         );
         self.status_dirty = true;
-        let gone = matches!(cause, Cause::SessionGone(_));
         if gone && self.gone_without_recovery(key, now) {
             return;
         }
-        let cause = if gone && self.at_limit(key, now) {
-            Cause::MaxDurationReached
-        } else {
-            cause
-        };
         let stable_after = self.config.recovery.stable_after;
         if let Some(session) = self.session_mut(key) {
             session.recovery.disconnected(&cause, now, stable_after);

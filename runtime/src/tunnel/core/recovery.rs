@@ -33,10 +33,14 @@ struct Outage {
     planned: bool,
     attempt: u32,
     failed_resumes: u32,
-    /// Attempts and failed resumes of the previous unplanned outage, when it ended less than
-    /// `stable_after` before this unplanned one began (flapping). Only the built-in policy
-    /// adds them; plugins see raw counts and the history.
-    carried: (u32, u32),
+    /// Failed attempts of the previous unplanned outage, when it ended less than
+    /// `stable_after` before this unplanned one began (flapping): the built-in policy starts
+    /// this outage's backoff where that one ended. Only the previous outage's own attempts
+    /// count (a chain of short outages does not add up to ever longer delays), and failed
+    /// resumes are not carried: the resume that ended the previous outage proved the session
+    /// alive, so it is no reason to give the session up. Plugins see raw counts and the
+    /// history.
+    carried: u32,
     last_delay: Option<Duration>,
 }
 
@@ -57,8 +61,8 @@ pub(super) struct Recovery {
     /// operation begun under an older one is stale.
     epoch: u64,
     outage: Option<Outage>,
-    /// When the last unplanned outage ended, with its total attempts and failed resumes.
-    last_unplanned: Option<(Instant, u32, u32)>,
+    /// When the last unplanned outage ended, and its failed attempts.
+    last_unplanned: Option<(Instant, u32)>,
     history: VecDeque<PastOutage>,
 }
 
@@ -86,12 +90,12 @@ impl Recovery {
         }
         let planned = cause.is_planned();
         let carried = match self.last_unplanned {
-            Some((at, attempts, failed))
+            Some((at, attempts))
                 if !planned && now.saturating_duration_since(at) < stable_after =>
             {
-                (attempts, failed)
+                attempts
             }
-            _ => (0, 0),
+            _ => 0,
         };
         self.outage = Some(Outage {
             since: now,
@@ -112,7 +116,7 @@ impl Recovery {
             planned: false,
             attempt: 0,
             failed_resumes: 0,
-            carried: (0, 0),
+            carried: 0,
             last_delay: None,
         });
         outage.attempt += 1;
@@ -165,12 +169,11 @@ impl Recovery {
     }
 
     /// The context the built-in policy decides on: a flapping unplanned outage continues the
-    /// previous one's budget.
+    /// previous one's backoff.
     pub(super) fn builtin_context(&self, context: &DecisionContext) -> DecisionContext {
-        let (attempts, failed) = self.outage.as_ref().map_or((0, 0), |o| o.carried);
+        let carried = self.outage.as_ref().map_or(0, |o| o.carried);
         let mut context = context.clone();
-        context.attempt = context.attempt.saturating_add(attempts);
-        context.failed_resumes = context.failed_resumes.saturating_add(failed);
+        context.attempt = context.attempt.saturating_add(carried);
         context
     }
 
@@ -179,11 +182,7 @@ impl Recovery {
         let outage = self.outage.take()?;
         let duration = now.saturating_duration_since(outage.since);
         if !outage.planned {
-            self.last_unplanned = Some((
-                now,
-                outage.attempt.saturating_add(outage.carried.0),
-                outage.failed_resumes.saturating_add(outage.carried.1),
-            ));
+            self.last_unplanned = Some((now, outage.attempt));
         }
         self.history.push_front(PastOutage {
             cause: outage.cause,

@@ -1,1 +1,213 @@
+//! The core's answers to results that arrive out of turn: every one of them was a bug of
+//! the old driver or found in review. Whole-tunnel behaviour is tested in simulated time in
+//! `runtime/tests/simulated.rs`.
 
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::aws::ApiErrorKind;
+use crate::events::Cause;
+
+fn grant(id: &str) -> SessionGrant {
+    SessionGrant {
+        session_id: id.into(),
+        token_value: "token".into(),
+        stream_url: format!("ws://127.0.0.1:1/v1/data-channel/{id}"),
+    }
+}
+
+fn throttled(operation: &'static str) -> ApiError {
+    ApiError::new(operation, ApiErrorKind::Throttling, "slow down")
+}
+
+fn actions(core: &mut Core) -> Vec<Action> {
+    std::iter::from_fn(|| core.poll_action()).collect()
+}
+
+fn start_op(actions: &[Action]) -> OpId {
+    actions
+        .iter()
+        .find_map(|a| match a {
+            Action::StartSession { op } => Some(*op),
+            _ => None,
+        })
+        .expect("a StartSession")
+}
+
+fn terminations(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::TerminateSession { session_id, .. } => Some(session_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A core whose first session is up on a socket (handshake not needed for these tests).
+fn connected(now: Instant) -> (Core, SocketId) {
+    let mut core = Core::new(CoreConfig::default(), now, 1);
+    let op = start_op(&actions(&mut core));
+    core.handle_started(op, Ok(grant("s-1")), now);
+    let socket = actions(&mut core)
+        .iter()
+        .find_map(|a| match a {
+            Action::Connect { socket, .. } => Some(*socket),
+            _ => None,
+        })
+        .expect("a Connect");
+    core.handle_connected(socket, Ok(()), now);
+    actions(&mut core);
+    (core, socket)
+}
+
+#[test]
+fn a_resume_answer_arriving_after_a_restart_began_is_ignored() {
+    let t0 = Instant::now();
+    let (mut core, socket) = connected(t0);
+    // The socket fails; the policy resumes after a short backoff.
+    core.handle_socket_closed(socket, SocketClose::Failed("reset".into()), t0);
+    let later = t0 + Duration::from_secs(2);
+    core.handle_timeout(later);
+    let resume = actions(&mut core)
+        .iter()
+        .find_map(|a| match a {
+            Action::ResumeSession { op, .. } => Some(*op),
+            _ => None,
+        })
+        .expect("a resume in flight");
+    // While it is in flight the session turns out gone (a channel_closed held back, a
+    // probe): a restart begins.
+    let key = core.sessions[0].key;
+    core.disconnected(key, Cause::SessionGone("channel_closed".into()), later);
+    let restart = actions(&mut core);
+    let start = start_op(&restart);
+    assert_eq!(terminations(&restart), vec!["s-1".to_owned()]);
+    // The resume's late answer must not start a second recovery beside the restart.
+    core.handle_resumed(resume, Ok(Some(grant("s-1"))), later);
+    let after = actions(&mut core);
+    assert!(
+        !after.iter().any(|a| matches!(a, Action::Connect { .. })),
+        "a stale resume was acted on: {after:?}"
+    );
+    // The restart carries on.
+    core.handle_started(start, Ok(grant("s-2")), later);
+    assert!(
+        actions(&mut core)
+            .iter()
+            .any(|a| matches!(a, Action::Connect { grant, .. } if grant.session_id == "s-2"))
+    );
+}
+
+#[test]
+fn a_session_started_for_a_superseded_plan_is_terminated_not_adopted() {
+    let t0 = Instant::now();
+    let mut core = Core::new(CoreConfig::default(), t0, 1);
+    let stale = start_op(&actions(&mut core));
+    // The plan changed meanwhile: here a failure reported for the same session.
+    let key = core.sessions[0].key;
+    core.failed(key, Cause::StartFailed(throttled("StartSession")), t0);
+    actions(&mut core);
+    core.handle_started(stale, Ok(grant("s-late")), t0);
+    let after = actions(&mut core);
+    assert_eq!(terminations(&after), vec!["s-late".to_owned()]);
+    assert!(
+        core.sessions[0].id.is_none(),
+        "the stale session was not adopted"
+    );
+}
+
+#[test]
+fn a_connect_for_a_replaced_socket_is_closed() {
+    let t0 = Instant::now();
+    let mut core = Core::new(CoreConfig::default(), t0, 1);
+    let op = start_op(&actions(&mut core));
+    core.handle_started(op, Ok(grant("s-1")), t0);
+    actions(&mut core);
+    // A socket nobody asked for (or no longer waits for) opens.
+    core.handle_connected(SocketId(999), Ok(()), t0);
+    assert!(actions(&mut core).contains(&Action::CloseSocket {
+        socket: SocketId(999),
+        graceful: false
+    }));
+}
+
+#[test]
+fn shutdown_terminates_a_session_whose_start_was_in_flight() {
+    let t0 = Instant::now();
+    let mut core = Core::new(CoreConfig::default(), t0, 1);
+    let op = start_op(&actions(&mut core));
+    core.shutdown(t0);
+    assert!(
+        core.stopped().is_none(),
+        "it waits for the StartSession in flight"
+    );
+    core.handle_started(op, Ok(grant("s-1")), t0 + Duration::from_millis(500));
+    let after = actions(&mut core);
+    assert_eq!(terminations(&after), vec!["s-1".to_owned()]);
+    let terminate = after
+        .iter()
+        .find_map(|a| match a {
+            Action::TerminateSession { op, .. } => Some(*op),
+            _ => None,
+        })
+        .expect("terminate");
+    assert!(
+        core.stopped().is_none(),
+        "it waits for the TerminateSession"
+    );
+    core.handle_terminated(terminate, Ok(()), t0 + Duration::from_secs(1));
+    assert_eq!(core.stopped(), Some(&Stopped::Requested));
+}
+
+#[test]
+fn shutdown_gives_up_on_an_unanswered_start_at_its_deadline() {
+    let t0 = Instant::now();
+    let config = CoreConfig::default();
+    let deadline = config.flag_grace + config.terminate_budget;
+    let mut core = Core::new(config, t0, 1);
+    actions(&mut core);
+    core.shutdown(t0);
+    core.handle_timeout(t0 + deadline - Duration::from_millis(1));
+    assert!(core.stopped().is_none());
+    core.handle_timeout(t0 + deadline);
+    assert_eq!(core.stopped(), Some(&Stopped::Requested));
+}
+
+#[test]
+fn connections_waiting_for_a_session_are_bounded() {
+    let t0 = Instant::now();
+    let config = CoreConfig {
+        max_waiting: 3,
+        ..CoreConfig::default()
+    };
+    let mut core = Core::new(config, t0, 1);
+    for _ in 0..3 {
+        assert!(core.is_accepting());
+        core.handle_accept("peer".into(), t0);
+    }
+    assert!(
+        !core.is_accepting(),
+        "no session forwards: three wait, no more"
+    );
+}
+
+#[test]
+fn a_planned_close_resumes_without_any_delay() {
+    let t0 = Instant::now();
+    let (mut core, socket) = connected(t0);
+    core.handle_socket_closed(
+        socket,
+        SocketClose::Closed {
+            code: 1000,
+            reason: "Bye".into(),
+        },
+        t0,
+    );
+    assert!(
+        actions(&mut core)
+            .iter()
+            .any(|a| matches!(a, Action::ResumeSession { .. })),
+        "ResumeSession right away, not after a timer"
+    );
+}

@@ -44,6 +44,8 @@ pub(crate) fn spawn(start: AgentStart) -> AgentHandle {
         handshake_timeout: start.settings.handshake_timeout,
         ping_interval: start.settings.ping_interval,
         pong_wait: start.settings.pong_wait,
+        smux_keepalive_interval: start.settings.smux_keepalive_interval,
+        smux_keepalive_timeout: start.settings.smux_keepalive_timeout,
         seed: start.seed,
         controls: start.controls,
         events: start.events,

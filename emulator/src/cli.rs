@@ -55,6 +55,13 @@ pub struct EmulatorArgs {
     /// How long the agent waits for a pong before reconnecting [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub agent_pong_wait: Option<Duration>,
+    /// smux keepalive NOP interval, for agents that keep it on [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub smux_keepalive_interval: Option<Duration>,
+    /// smux keepalive timeout: the agent drops every stream after a window this long without
+    /// a frame [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub smux_keepalive_timeout: Option<Duration>,
 
     /// Close data-channel sockets with 1000 "Bye" this often (per session) [default: never].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -211,6 +218,14 @@ impl EmulatorArgs {
         set(&mut agent.handshake_timeout, &self.handshake_timeout);
         set(&mut agent.ping_interval, &self.agent_ping_interval);
         set(&mut agent.pong_wait, &self.agent_pong_wait);
+        set(
+            &mut agent.smux_keepalive_interval,
+            &self.smux_keepalive_interval,
+        );
+        set(
+            &mut agent.smux_keepalive_timeout,
+            &self.smux_keepalive_timeout,
+        );
         let faults = &mut config.faults;
         if self.recycle_every.is_some() {
             faults.recycle_every = self.recycle_every;

@@ -79,6 +79,13 @@ pub struct AgentSettings {
     /// How long the agent waits for a pong before it treats its socket as dead.
     #[serde(with = "duration_text")]
     pub pong_wait: Duration,
+    /// smux `KeepAliveInterval` (NOPs), when keepalive is on (§6.2: 10 s).
+    #[serde(with = "duration_text")]
+    pub smux_keepalive_interval: Duration,
+    /// smux `KeepAliveTimeout`: the session dies when a window this long passes without a
+    /// frame (§6.2: 30 s). Shorter values compress the idle-tunnel tests.
+    #[serde(with = "duration_text")]
+    pub smux_keepalive_timeout: Duration,
 }
 
 impl Default for AgentSettings {
@@ -90,6 +97,8 @@ impl Default for AgentSettings {
             handshake_timeout: Duration::from_secs(15),
             ping_interval: Duration::from_secs(54),
             pong_wait: Duration::from_secs(60),
+            smux_keepalive_interval: crate::agent::DEFAULT_SMUX_KEEPALIVE_INTERVAL,
+            smux_keepalive_timeout: crate::agent::DEFAULT_SMUX_KEEPALIVE_TIMEOUT,
         }
     }
 }

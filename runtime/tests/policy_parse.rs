@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ssm_tether::policy::{self, LocalAddress, PolicyError, RecoverySettings, TransportSettings};
+use ssm_tether::policy::{
+    self, LocalAddress, PolicyError, RecoverySettings, RotationSettings, SlowReaderSettings,
+    TransportSettings,
+};
 
 fn ok(text: &str) -> policy::Policy {
     match policy::parse("tunnels.toml", text) {
@@ -603,4 +606,141 @@ fn the_redis_example_policy_is_valid() {
             .ends_with("redis_check.wasm")
     );
     assert!(check.plugin.grants.tunnel_tcp);
+}
+
+const TUNNEL: &str = "[[tunnel]]\nname = \"a\"\ntarget = \"i-1\"\nremote_port = 1\n";
+
+#[test]
+fn session_keys_merge_with_defaults_and_have_builtin_values() {
+    let p = ok(TUNNEL);
+    let t = &p.tunnels[0];
+    assert_eq!(t.sessions, 1);
+    assert_eq!(t.rotation, None);
+    assert_eq!(t.slow_reader, SlowReaderSettings::default());
+    assert_eq!(t.slow_reader.buffer, 16 << 20);
+    assert_eq!(t.slow_reader.timeout, Duration::from_secs(60));
+
+    let p = ok(&format!(
+        "[defaults]\nsessions = 4\nmax_session_duration = \"1h\"\nslow_reader_buffer = \"1MiB\"\n\
+         {TUNNEL}rotate_before = \"5m\"\nslow_reader_timeout = \"10s\"\n\
+         slow_reader_tunnel_buffer = 8388608\n"
+    ));
+    let t = &p.tunnels[0];
+    assert_eq!(t.sessions, 4);
+    assert_eq!(
+        t.rotation,
+        Some(RotationSettings {
+            max_session_duration: Duration::from_secs(3600),
+            rotate_before: Duration::from_secs(300),
+        })
+    );
+    assert_eq!(
+        t.slow_reader,
+        SlowReaderSettings {
+            buffer: 1 << 20,
+            tunnel_buffer: 8 << 20,
+            timeout: Duration::from_secs(10),
+        }
+    );
+    // The default rotate_before applies when only the duration is set.
+    let p = ok(&format!("{TUNNEL}max_session_duration = \"20m\"\n"));
+    assert_eq!(
+        p.tunnels[0].rotation.map(|r| r.rotate_before),
+        Some(Duration::from_secs(120))
+    );
+}
+
+#[test]
+fn session_key_errors_name_file_line_column_field_and_value() {
+    let cases = [
+        (
+            "sessions = 0\n",
+            "tunnels.toml:5:12: tunnel[0].sessions: 0 must be between 1 and 16",
+        ),
+        (
+            "sessions = 17\n",
+            "tunnels.toml:5:12: tunnel[0].sessions: 17 must be between 1 and 16",
+        ),
+        (
+            "sessions = \"4\"\n",
+            "tunnels.toml:5:12: tunnel[0].sessions: \"4\" is a string, expected an integer",
+        ),
+        (
+            "max_session_duration = \"25h\"\n",
+            "tunnels.toml:5:24: tunnel[0].max_session_duration: \"25h\" must be between 1s and 24h \
+             (the service allows 1 to 1440 minutes)",
+        ),
+        (
+            "max_session_duration = \"20m\"\nrotate_before = \"20m\"\n",
+            "tunnels.toml:6:17: tunnel[0].rotate_before: \"20m\" must be shorter than \
+             max_session_duration (20m, set at tunnel[0].max_session_duration)",
+        ),
+        (
+            "max_session_duration = \"1m\"\n",
+            "tunnels.toml:5:24: tunnel[0].max_session_duration: \"1m\" is too large: rotate_before \
+             (2m, built-in default) must be shorter than max_session_duration; set rotate_before \
+             as well",
+        ),
+        (
+            "slow_reader_buffer = \"12 parsecs\"\n",
+            "tunnels.toml:5:22: tunnel[0].slow_reader_buffer: \"12 parsecs\" is not a size such as \
+             \"512KiB\", \"16MiB\" or \"1GiB\", or a number of bytes",
+        ),
+        (
+            "slow_reader_buffer = \"1KiB\"\n",
+            "tunnels.toml:5:22: tunnel[0].slow_reader_buffer: \"1KiB\" must be between 64KiB and 4GiB",
+        ),
+        (
+            "slow_reader_buffer = \"128MiB\"\n",
+            "tunnels.toml:5:22: tunnel[0].slow_reader_buffer: \"128MiB\" is too large: \
+             slow_reader_tunnel_buffer (64MiB, built-in default) must be at least \
+             slow_reader_buffer; set slow_reader_tunnel_buffer as well",
+        ),
+        (
+            "slow_reader_timeout = \"0s\"\n",
+            "tunnels.toml:5:23: tunnel[0].slow_reader_timeout: \"0s\" must be longer than zero",
+        ),
+        (
+            "rotate_before = \"1m\"\n",
+            "tunnels.toml:5:17: tunnel[0].rotate_before: has no effect without \
+             max_session_duration; set max_session_duration (the maximum session duration of \
+             the account's Session Manager preferences) as well",
+        ),
+    ];
+    for (extra, expected) in cases {
+        assert_eq!(err(&format!("{TUNNEL}{extra}")), expected, "for {extra:?}");
+    }
+}
+
+#[test]
+fn unix_local_addresses_resolve_against_the_policy_file_and_may_not_clash() {
+    let p = ok(&format!("{TUNNEL}local = \"unix:/run/db.sock\"\n"));
+    assert_eq!(
+        p.tunnels[0].local,
+        LocalAddress::Unix("/run/db.sock".into())
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tunnels.toml");
+    std::fs::write(&path, format!("{TUNNEL}local = \"unix:db.sock\"\n")).expect("write");
+    let p = policy::load(&path).expect("valid");
+    assert_eq!(
+        p.tunnels[0].local,
+        LocalAddress::Unix(dir.path().join("db.sock"))
+    );
+    let e = err(&format!("{TUNNEL}local = \"unix:\"\n"));
+    assert_eq!(
+        e,
+        "tunnels.toml:5:9: tunnel[0].local: \"unix:\" names no path after unix:"
+    );
+    let long = "x".repeat(200);
+    let e = err(&format!("{TUNNEL}local = \"unix:/{long}\"\n"));
+    assert!(e.contains("is longer than the 103 bytes"), "{e}");
+    let e = err(&format!(
+        "{TUNNEL}local = \"unix:/run/a.sock\"\n[[tunnel]]\nname = \"b\"\ntarget = \"i-2\"\n\
+         remote_port = 2\nlocal = \"unix:/run/a.sock\"\n"
+    ));
+    assert!(
+        e.contains("clashes with local address unix:/run/a.sock"),
+        "{e}"
+    );
 }

@@ -110,10 +110,18 @@ async fn a_session_whose_agent_never_handshakes_is_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tunnel_to_a_keepalive_agent_outlives_the_smux_timeout() {
-    // Agents up to 3.1.1511.0 keep smux keepalive on and drop every stream when a 30 s check
-    // window passes without a frame (§6.1, up to 60 s): the client must send NOPs, or an
-    // idle connection dies.
-    let rig = Rig::start(|config| config.agent.version = "3.1.1000.0".into()).await;
+    // Agents up to 3.1.1511.0 keep smux keepalive on and drop every stream when a check
+    // window (30 s, here compressed to 3 s) passes without a frame (§6.1): the client must
+    // send NOPs, or an idle connection dies.
+    let rig = Rig::start_with(
+        |config| {
+            config.agent.version = "3.1.1000.0".into();
+            config.agent.smux_keepalive_interval = Duration::from_secs(1);
+            config.agent.smux_keepalive_timeout = Duration::from_secs(3);
+        },
+        |tunnel| tunnel.smux_keepalive = Duration::from_secs(1),
+    )
+    .await;
     let mut socket = tokio::net::TcpStream::connect(rig.local())
         .await
         .expect("connect");
@@ -124,7 +132,8 @@ async fn an_idle_tunnel_to_a_keepalive_agent_outlives_the_smux_timeout() {
         .read_exact(&mut byte)
         .await
         .expect("echo before idling");
-    tokio::time::sleep(Duration::from_secs(65)).await;
+    // Longer than two of the agent's check windows.
+    tokio::time::sleep(Duration::from_secs(7)).await;
     socket.write_all(b"b").await.expect("write after idling");
     let echoed = tokio::time::timeout(Duration::from_secs(10), socket.read_exact(&mut byte)).await;
     assert!(

@@ -40,6 +40,10 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(54);
 /// The agent's pong wait (`WebSocketPongWaitTimeout`).
 pub const DEFAULT_PONG_WAIT: Duration = Duration::from_secs(60);
+/// smux `KeepAliveInterval`.
+pub const DEFAULT_SMUX_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// smux `KeepAliveTimeout`.
+pub const DEFAULT_SMUX_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How one agent session is set up.
 #[derive(Clone)]
@@ -66,6 +70,10 @@ pub struct AgentConfig {
     /// Pong wait: the read deadline starts at `ping_interval + pong_wait` and each pong moves
     /// it to now + `pong_wait`.
     pub pong_wait: Duration,
+    /// smux NOP period when keepalive is on.
+    pub smux_keepalive_interval: Duration,
+    /// smux receive timeout when keepalive is on.
+    pub smux_keepalive_timeout: Duration,
     /// Seeds the rejoin jitter and message ids.
     pub seed: u64,
     /// Runtime fault toggles.
@@ -95,6 +103,8 @@ impl AgentConfig {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             ping_interval: DEFAULT_PING_INTERVAL,
             pong_wait: DEFAULT_PONG_WAIT,
+            smux_keepalive_interval: DEFAULT_SMUX_KEEPALIVE_INTERVAL,
+            smux_keepalive_timeout: DEFAULT_SMUX_KEEPALIVE_TIMEOUT,
             seed: 0,
             controls: Arc::new(AgentControls::default()),
             events,
@@ -124,6 +134,8 @@ impl std::fmt::Debug for AgentConfig {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("ping_interval", &self.ping_interval)
             .field("pong_wait", &self.pong_wait)
+            .field("smux_keepalive_interval", &self.smux_keepalive_interval)
+            .field("smux_keepalive_timeout", &self.smux_keepalive_timeout)
             .field("seed", &self.seed)
             .field("controls", &self.controls)
             .finish_non_exhaustive()

@@ -55,10 +55,6 @@ const WRITE_BATCH: usize = 256;
 const PUMP_BURST: usize = 128;
 /// Destination events buffered between the connections and the core.
 const DEST_QUEUE: usize = 64;
-/// smux `KeepAliveInterval`.
-const SMUX_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// smux `KeepAliveTimeout`.
-const SMUX_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the agent waits for its last frames and close frame to go out when it ends.
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 /// The error text of the agent's handshake timeout.
@@ -697,11 +693,13 @@ impl Core {
             return;
         }
         let now = Instant::now();
-        let mut nop =
-            tokio::time::interval_at(now + SMUX_KEEPALIVE_INTERVAL, SMUX_KEEPALIVE_INTERVAL);
+        let (every, timeout) = (
+            self.cfg.smux_keepalive_interval,
+            self.cfg.smux_keepalive_timeout,
+        );
+        let mut nop = tokio::time::interval_at(now + every, every);
         nop.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut check =
-            tokio::time::interval_at(now + SMUX_KEEPALIVE_TIMEOUT, SMUX_KEEPALIVE_TIMEOUT);
+        let mut check = tokio::time::interval_at(now + timeout, timeout);
         check.set_missed_tick_behavior(MissedTickBehavior::Delay);
         self.smux_nop = Some(nop);
         self.smux_check = Some(check);

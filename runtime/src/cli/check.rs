@@ -31,8 +31,19 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
             .region
             .as_deref()
             .unwrap_or("(from the AWS profile)");
+        let sessions = match tunnel.sessions {
+            1 => String::new(),
+            k => format!(", {k} sessions"),
+        };
+        let rotation = tunnel.rotation.map_or_else(String::new, |r| {
+            format!(
+                ", rotated {} before its {} limit",
+                humantime::format_duration(r.rotate_before),
+                humantime::format_duration(r.max_session_duration)
+            )
+        });
         println!(
-            "ok  {name}: {local} -> {destination} ({document}, region {region})",
+            "ok  {name}: {local} -> {destination} ({document}, region {region}{sessions}{rotation})",
             name = tunnel.name,
             local = tunnel.local,
             document = tunnel.document_name(),

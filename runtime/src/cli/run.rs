@@ -127,7 +127,8 @@ async fn stop_all(tunnels: Vec<Tunnel>) {
     }
 }
 
-/// One log line per lifecycle event; per-frame detail stays at debug level in the driver.
+/// Log lines for the events the tunnel does not log itself; per-frame detail stays at debug
+/// level in the tunnel.
 async fn log_events(mut events: broadcast::Receiver<TunnelEvent>) {
     loop {
         let event = match events.recv().await {
@@ -140,20 +141,6 @@ async fn log_events(mut events: broadcast::Receiver<TunnelEvent>) {
             EventKind::SessionStarted { session_id } => {
                 tracing::info!(%tunnel, %session_id, "session started");
             }
-            EventKind::AttemptFailed { cause, attempt } => {
-                tracing::warn!(%tunnel, %cause, attempt, "recovery attempt failed");
-            }
-            EventKind::Restarting {
-                cause,
-                attempt,
-                outage,
-            } => {
-                tracing::warn!(%tunnel, %cause, attempt, ?outage, "restarting the session");
-            }
-            EventKind::Restarted { session_id, outage } => {
-                tracing::info!(%tunnel, %session_id, ?outage, "restarted");
-            }
-            EventKind::GivingUp { reason } => tracing::error!(%tunnel, %reason, "giving up"),
             EventKind::ProbeResult {
                 check,
                 outcome,
@@ -161,15 +148,6 @@ async fn log_events(mut events: broadcast::Receiver<TunnelEvent>) {
                 duration,
             } => {
                 tracing::info!(%tunnel, %check, ?outcome, consecutive_failures, ?duration, "health check");
-            }
-            EventKind::PluginFailed {
-                plugin,
-                role,
-                reason,
-                quarantined,
-            } => {
-                tracing::warn!(%tunnel, %plugin, %role, %reason, quarantined,
-                    "plugin failed; the built-in fallback decided");
             }
             EventKind::ConnectionOpened { id, peer } => {
                 tracing::debug!(%tunnel, id, %peer, "connection opened");
@@ -182,7 +160,8 @@ async fn log_events(mut events: broadcast::Receiver<TunnelEvent>) {
             } => {
                 tracing::debug!(%tunnel, id, bytes_up, bytes_down, %reason, "connection closed");
             }
-            // Forwarding, disconnects, resumes and destination errors are logged by the driver.
+            // Lifecycle steps (forwarding, disconnects, attempts, resumes, restarts, rotations,
+            // giving up) are logged by the tunnel itself, once.
             _ => {}
         }
     }

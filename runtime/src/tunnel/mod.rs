@@ -223,20 +223,24 @@ impl Tunnel {
             connect_timeout: config.connect_timeout,
             terminate_timeout: CoreConfig::default().terminate_budget,
         };
-        let task = tokio::spawn(shell::run(
-            core,
-            Arc::new(api),
-            shell_config,
-            shell::Outlets {
-                events: events.clone(),
-                status: status_tx,
-            },
-            shell::Inlets {
-                accepted,
-                probe_failures,
-                plugins: config.plugins.clone(),
-                shutdown: shutdown_rx,
-            },
+        let span = tracing::info_span!("tunnel", name = %config.name);
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            shell::run(
+                core,
+                Arc::new(api),
+                shell_config,
+                shell::Outlets {
+                    events: events.clone(),
+                    status: status_tx,
+                },
+                shell::Inlets {
+                    accepted,
+                    probe_failures,
+                    plugins: config.plugins.clone(),
+                    shutdown: shutdown_rx,
+                },
+            ),
+            span,
         ));
         Ok(Self {
             name: config.name,
@@ -285,7 +289,7 @@ impl Tunnel {
     /// Why it stopped.
     pub async fn wait(&mut self) -> Result<(), TunnelError> {
         let result = (&mut self.task).await;
-        self.acceptor.abort();
+        self.close_local_end().await;
         self.flatten(result)
     }
 
@@ -296,9 +300,16 @@ impl Tunnel {
     /// The tunnel had already stopped with an error.
     pub async fn shutdown(mut self) -> Result<(), TunnelError> {
         let _ = self.shutdown.send(true);
-        self.acceptor.abort();
+        // No new connections from now on; the core closes those it has.
+        self.close_local_end().await;
         let result = (&mut self.task).await;
         self.flatten(result)
+    }
+
+    /// Stops accepting and unbinds the local end (a Unix socket file is removed).
+    async fn close_local_end(&mut self) {
+        self.acceptor.abort();
+        let _ = (&mut self.acceptor).await;
     }
 
     fn flatten(&self, result: Result<Stopped, tokio::task::JoinError>) -> Result<(), TunnelError> {

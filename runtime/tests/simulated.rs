@@ -575,3 +575,54 @@ fn the_default_reconnect_plugin_decides_in_simulated_time() {
     assert!(stall <= bound, "worst stall {stall:?} exceeds {bound:?}");
     assert_intact(&mut pair);
 }
+
+#[test]
+fn shutdown_terminates_every_session_including_a_successor_and_stops() {
+    let mut config = config();
+    config.stripes = 2;
+    config.rotation = Some(RotationSettings {
+        max_session_duration: Duration::from_secs(30),
+        rotate_before: Duration::from_secs(5),
+    });
+    let sim = SimConfig {
+        max_session_duration: Some(Duration::from_secs(30)),
+        ..sim()
+    };
+    let mut pair = Pair::new(config, sim, 13);
+    pair.run_for(Duration::from_secs(1));
+    let app = pair.open(AppSpec::stream(4 * 1024));
+    // Just after a rotation: both successors forward; the predecessor that carries the
+    // connection drains, the other one has already ended.
+    pair.run_for(Duration::from_secs(25));
+    assert_eq!(
+        pair.active_sessions().len(),
+        3,
+        "{:?}",
+        pair.core.status().sessions
+    );
+    let now = pair.now;
+    pair.core.shutdown(now);
+    pair.perform();
+    let stopped = pair.run_until_cond(Duration::from_secs(20), |p| p.core.stopped().is_some());
+    assert!(stopped, "the tunnel stops");
+    assert_eq!(pair.apps[&app].closed, Some(CloseReason::TunnelStopped));
+    assert!(
+        pair.active_sessions().is_empty(),
+        "{:?}",
+        pair.world.sessions()
+    );
+    let by_api = pair
+        .world
+        .sessions()
+        .iter()
+        .filter(|s| {
+            s.ended
+                .as_deref()
+                .is_some_and(|why| why.contains("TerminateSession") || why.contains("agent"))
+        })
+        .count();
+    assert_eq!(by_api, 4, "every session was ended by us, not by a timeout");
+    assert!(pair.world.sessions().iter().all(|s| !s.active));
+    // Nothing is left to do, and nothing spins.
+    assert_eq!(pair.core.poll_timeout(), None);
+}

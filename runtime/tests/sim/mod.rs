@@ -221,7 +221,12 @@ impl Pair {
     }
 
     /// Runs until `at` (simulated).
+    ///
+    /// # Panics
+    /// When a timer keeps firing without time moving on (a deadline that is reported but
+    /// never handled would spin a real tunnel at full CPU).
     pub fn run_until(&mut self, at: Instant) {
+        let mut spins = 0u32;
         loop {
             let next = [
                 self.core.poll_timeout(),
@@ -240,6 +245,16 @@ impl Pair {
                 self.perform();
                 return;
             };
+            if next <= self.now {
+                spins += 1;
+                assert!(
+                    spins < 100_000,
+                    "a timer at {:?} never advances",
+                    next - self.start
+                );
+            } else {
+                spins = 0;
+            }
             self.now = self.now.max(next);
             self.steps += 1;
             self.world.handle_timeout(self.now);

@@ -28,6 +28,9 @@ impl Core {
     /// The next rotation deadline: a successor to start, or a drained session to end.
     pub(super) fn rotation_timer(&self) -> Option<Instant> {
         let rotation = self.config.rotation?;
+        if self.stopping.is_some() {
+            return None;
+        }
         self.sessions
             .iter()
             .filter_map(|s| match s.role {

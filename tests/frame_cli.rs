@@ -1,7 +1,7 @@
 //! `ssm-tether frame decode|encode` as a user runs it.
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 /// PROTOCOL.md §2.3.
 const WORKED_EXAMPLE: &str = "00000074696e7075745f73747265616d5f646174612020202020202020202020\
@@ -12,7 +12,7 @@ const WORKED_EXAMPLE: &str = "00000074696e7075745f73747265616d5f6461746120202020
 const WORKED_EXAMPLE_JSON: &str = r#"{"header_length":116,"message_type":"input_stream_data","schema_version":1,"created_date":1503434274948,"sequence_number":2,"flags":0,"message_id":"dd01e56b-ff48-483e-a508-b5f073f31b16","payload_digest":"239f59ed55e737c77147cf55ad0c1b030b6d7ee748a7426952f9b852d5a935e5","digest_valid":true,"payload_type":1,"payload_length":7,"payload":"7061796c6f6164"}"#;
 
 fn ssm_tether(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ssm-tether"))
+    let mut child = ssm_tether_e2e::ssm_tether()
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

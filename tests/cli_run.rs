@@ -1,5 +1,6 @@
 //! `ssm-tether check` and `ssm-tether run` as a user runs them, against the emulator.
 
+#[path = "../runtime/tests/support/mod.rs"]
 mod support;
 
 use std::process::{Command, Stdio};
@@ -8,9 +9,7 @@ use std::time::Duration;
 use ssm_emulator::events::Event;
 use support::{AwsFiles, echo_server, emulator};
 
-fn ssm_tether() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ssm-tether"))
-}
+use ssm_tether_e2e::ssm_tether;
 
 /// A loopback port nobody listens on (now).
 fn free_port() -> u16 {
@@ -143,7 +142,7 @@ fn check_fails_with_the_plugins_own_message_when_it_rejects_its_config() {
 
 #[test]
 fn plugin_inspect_and_test_talk_to_authors() {
-    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/plugins");
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../runtime/tests/plugins");
     let out = ssm_tether()
         .args(["plugin", "inspect", "builtin:tcp-connect"])
         .output()
@@ -230,7 +229,7 @@ async fn run_reloads_plugins_on_sighup_and_keeps_them_when_a_reload_fails() {
     let port = free_port();
     let plugin = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/plugins/hostile-policy.wasm"
+        "/../runtime/tests/plugins/hostile-policy.wasm"
     );
     let policy_text = |mode: &str| {
         format!(

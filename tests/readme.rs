@@ -1,7 +1,5 @@
 //! The README's two opening commands stay true.
 
-use std::process::Command;
-
 fn opening_commands() -> Vec<String> {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
         .expect("README.md readable");
@@ -29,7 +27,7 @@ fn first_command_runs_the_binary_successfully() {
         // The same demo, shorter: the README promises 30 s, the test suite has other work.
         args.extend(["--duration", "10s"]);
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_ssm-tether"))
+    let out = ssm_tether_e2e::ssm_tether()
         .args(&args)
         .output()
         .expect("binary runs");

@@ -19,7 +19,7 @@ rustup target add "$target" >/dev/null 2>&1 || rustup target add "$target"
 plugins=(exponential-backoff tcp-connect http log)
 packages=(exponential-backoff tcp-connect http-check log-hook)
 # Test fixtures for the runtime's plugin host (testing/NAME, package NAME); never shipped.
-fixtures=(hostile-policy hostile-probe future-policy)
+fixtures=(hostile-policy hostile-probe future-policy legacy-policy)
 fixtures_dir=../runtime/tests/plugins
 out="${CARGO_TARGET_DIR:-target}/$target/release"
 

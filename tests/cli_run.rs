@@ -150,7 +150,7 @@ fn plugin_inspect_and_test_talk_to_authors() {
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("ssm-tether:plugin/health-check@0.1.0")
+        stdout.contains("ssm-tether:plugin/health-check@0.1.1")
             && stdout.contains("name:     tcp-connect")
             && stdout.contains("tunnel-tcp"),
         "{stdout}"

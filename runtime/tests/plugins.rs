@@ -719,3 +719,54 @@ async fn plugins_see_the_port_a_listener_got() {
     );
     rig.tunnel.shutdown().await.expect("shutdown");
 }
+
+// ----- WIT versions and the call's session --------------------------------------------
+
+async fn policy(source: PluginSource, config: &str) -> PluginInstance {
+    PluginInstance::start(
+        &engine(),
+        &spec(source, Role::ReconnectPolicy, config),
+        Role::ReconnectPolicy,
+        info(),
+        TunnelLink::new(),
+    )
+    .await
+    .expect("starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_built_for_an_earlier_0_1_version_loads_and_decides() {
+    // Its exports are ssm-tether:plugin/reconnect@0.1.0 and /plugin@0.1.0 (its own frozen
+    // copy of the WIT); the host binds @0.1.1 and finds them semver-compatibly.
+    let policy = policy(fixture("legacy-policy"), "{}").await;
+    assert_eq!(
+        policy
+            .decide(&context(Cause::PingTimeout, 1, 0))
+            .await
+            .expect("answer"),
+        Decision::Resume {
+            after: Duration::from_millis(7)
+        }
+    );
+    // And one for a later minor version is refused, naming both versions.
+    let err = start_error(fixture("future-policy"), Role::ReconnectPolicy, "{}").await;
+    let text = err.to_string();
+    assert!(text.contains("@0.2.0") && text.contains("@0.1.1"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_is_told_which_session_a_decision_is_about() {
+    let policy = policy(fixture("hostile-policy"), r#"{"mode":"session"}"#).await;
+    let mut context = context(Cause::PlannedClose, 0, 0);
+    context.session = ssm_tether::events::SessionRef {
+        stripe: 2,
+        serial: 5,
+        session_id: Some("sess-5".into()),
+    };
+    assert_eq!(
+        policy.decide(&context).await.expect("answer"),
+        Decision::Resume {
+            after: Duration::from_millis(5002)
+        }
+    );
+}

@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use plugin_common::Config;
 use ssm_tether::plugin::types::{
     ApiErrorClass, ApiFailure, Cause, EventKind, ForwardingMode, LogLevel, PluginInfo, PluginRole,
-    ProbeOutcome, TunnelEvent,
+    ProbeOutcome, SessionRef, TunnelEvent,
 };
 
 /// The config keys, as in the policy file's `config` table.
@@ -331,8 +331,13 @@ fn logfmt_value(out: &mut String, text: &str) {
     }
 }
 
-/// Renders an event: `None` when the settings filter it out, else its level and line.
-pub fn render(settings: &Settings, event: &TunnelEvent) -> Option<(LogLevel, String)> {
+/// Renders an event of `session` (`host.call-session`): `None` when the settings filter it
+/// out, else its level and line.
+pub fn render(
+    settings: &Settings,
+    event: &TunnelEvent,
+    session: Option<&SessionRef>,
+) -> Option<(LogLevel, String)> {
     let (name, level, fields) = describe(&event.kind);
     if level_rank(level) < settings.min_level || settings.skip.iter().any(|s| s == name) {
         return None;
@@ -342,6 +347,10 @@ pub fn render(settings: &Settings, event: &TunnelEvent) -> Option<(LogLevel, Str
         ("tunnel", s(event.tunnel.clone())),
         ("at_unix_ms", Value::Num(event.at_unix_ms)),
     ];
+    if let Some(session) = session {
+        all.push(("stripe", Value::Num(u64::from(session.stripe))));
+        all.push(("session", Value::Num(u64::from(session.serial))));
+    }
     all.extend(fields);
     let line = match settings.format {
         Format::Logfmt => {
@@ -380,7 +389,7 @@ pub fn render(settings: &Settings, event: &TunnelEvent) -> Option<(LogLevel, Str
 
 use exports::ssm_tether::plugin::hooks::Guest as HooksGuest;
 use exports::ssm_tether::plugin::plugin::Guest as PluginGuest;
-use ssm_tether::plugin::host::log;
+use ssm_tether::plugin::host::{call_session, log};
 
 thread_local! {
     static SETTINGS: RefCell<Settings> = RefCell::new(Settings::default());
@@ -408,7 +417,8 @@ impl PluginGuest for Component {
 
 impl HooksGuest for Component {
     fn on_event(event: TunnelEvent) {
-        let rendered = SETTINGS.with(|s| render(&s.borrow(), &event));
+        let session = call_session();
+        let rendered = SETTINGS.with(|s| render(&s.borrow(), &event, session.as_ref()));
         if let Some((level, line)) = rendered {
             log(level, &line);
         }
@@ -433,7 +443,7 @@ mod tests {
     }
 
     fn line(settings: &Settings, kind: EventKind) -> (LogLevel, String) {
-        render(settings, &event(kind)).expect("rendered")
+        render(settings, &event(kind), None).expect("rendered")
     }
 
     #[test]
@@ -555,11 +565,30 @@ mod tests {
             reason: "eof".into(),
         });
         let info = Settings::from_json(r#"{"min_level": "info"}"#).expect("valid");
-        assert!(render(&info, &event(closed.clone())).is_none());
-        assert!(render(&info, &event(EventKind::Resumed(5))).is_some());
+        assert!(render(&info, &event(closed.clone()), None).is_none());
+        assert!(render(&info, &event(EventKind::Resumed(5)), None).is_some());
         let skip = Settings::from_json(r#"{"skip": ["resumed"]}"#).expect("valid");
-        assert!(render(&skip, &event(EventKind::Resumed(5))).is_none());
-        assert!(render(&skip, &event(closed)).is_some());
+        assert!(render(&skip, &event(EventKind::Resumed(5)), None).is_none());
+        assert!(render(&skip, &event(closed), None).is_some());
+    }
+
+    #[test]
+    fn the_session_of_the_event_is_named() {
+        let session = SessionRef {
+            stripe: 1,
+            serial: 4,
+            session_id: Some("alice-0a1b".to_owned()),
+        };
+        let (_, text) = render(
+            &Settings::default(),
+            &event(EventKind::Resumed(5)),
+            Some(&session),
+        )
+        .expect("rendered");
+        assert_eq!(
+            text,
+            "event=resumed tunnel=db at_unix_ms=1700000000000 stripe=1 session=4 outage_ms=5"
+        );
     }
 
     #[test]

@@ -92,8 +92,8 @@ async fn inspect(engine: &PluginEngine, plugin: &str) -> anyhow::Result<ExitCode
     };
     println!("plugin:   {}", loaded.label);
     println!(
-        "world:    ssm-tether:plugin/{}@{PACKAGE_VERSION}",
-        loaded.world
+        "world:    ssm-tether:plugin/{}@{} (this runtime provides {PACKAGE_VERSION}, accepts 0.1.x)",
+        loaded.world, loaded.version
     );
     println!("size:     {} bytes", loaded.size);
     println!("sha256:   {}", loaded.sha256);

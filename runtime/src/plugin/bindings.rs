@@ -19,12 +19,12 @@ wasmtime::component::bindgen!({
         package ssm-tether:runtime;
 
         world host {
-            import ssm-tether:plugin/host@0.1.0;
-            import ssm-tether:plugin/tunnel-tcp@0.1.0;
-            export ssm-tether:plugin/plugin@0.1.0;
-            export ssm-tether:plugin/reconnect@0.1.0;
-            export ssm-tether:plugin/health@0.1.0;
-            export ssm-tether:plugin/hooks@0.1.0;
+            import ssm-tether:plugin/host@0.1.1;
+            import ssm-tether:plugin/tunnel-tcp@0.1.1;
+            export ssm-tether:plugin/plugin@0.1.1;
+            export ssm-tether:plugin/reconnect@0.1.1;
+            export ssm-tether:plugin/health@0.1.1;
+            export ssm-tether:plugin/hooks@0.1.1;
         }
     ",
     imports: { default: async | trappable },

@@ -150,6 +150,8 @@ pub(crate) struct HostContext {
     conns: HashMap<u32, Option<ProbeStream>>,
     next_conn: u32,
     log_lines: u32,
+    /// The session the current call is about (`host.call-session`).
+    pub(crate) call_session: Option<types::SessionRef>,
 }
 
 impl HostContext {
@@ -246,6 +248,10 @@ impl host::Host for StoreState {
             }
         }
         Ok(())
+    }
+
+    async fn call_session(&mut self) -> wasmtime::Result<Option<types::SessionRef>> {
+        Ok(self.host.call_session.clone())
     }
 }
 

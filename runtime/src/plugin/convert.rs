@@ -5,7 +5,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use super::bindings::types as wit;
 use crate::aws::{ApiError, ApiErrorKind};
-use crate::events::{Cause, ProbeFailure};
+use crate::events::{Cause, ProbeFailure, SessionRef};
 use crate::events::{EventKind, ProbeOutcome, TunnelEvent};
 use crate::policy::Role;
 use crate::recovery::{Decision, DecisionContext, OutageSummary};
@@ -38,6 +38,14 @@ pub(crate) fn api_failure(err: &ApiError) -> wit::ApiFailure {
         },
         code: err.code.clone(),
         message: err.message.clone(),
+    }
+}
+
+pub(crate) fn session_ref(session: &SessionRef) -> wit::SessionRef {
+    wit::SessionRef {
+        stripe: session.stripe,
+        serial: session.serial,
+        session_id: session.session_id.clone(),
     }
 }
 

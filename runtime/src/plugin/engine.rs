@@ -17,8 +17,13 @@ use super::sandbox::StoreState;
 use crate::builtin;
 use crate::policy::{PluginSource, Role};
 
-/// The WIT package version this runtime provides.
-pub const PACKAGE_VERSION: &str = "0.1.0";
+/// The WIT package version this runtime provides. Guests built for any `0.1.x` load: imports
+/// and exports are matched semver-compatibly (an older guest simply does not use what later
+/// versions added; a newer one that imports something this host lacks fails to link, naming
+/// it).
+pub const PACKAGE_VERSION: &str = "0.1.1";
+/// The versions accepted: the same major and minor version (0.x semver).
+const COMPATIBLE: &str = "0.1";
 /// The WIT package name.
 const PACKAGE: &str = "ssm-tether:plugin";
 
@@ -122,7 +127,7 @@ impl PluginEngine {
             plugin: label.clone(),
             detail: format!("{e:#}"),
         })?;
-        let world = detect_world(&label, engine, &component)?;
+        let (world, version) = detect_world(&label, engine, &component)?;
         let pre = self
             .inner
             .linker
@@ -153,6 +158,7 @@ impl PluginEngine {
         Ok(Arc::new(LoadedPlugin {
             label,
             world,
+            version,
             sha256,
             size: bytes.len(),
             imports,
@@ -169,11 +175,13 @@ pub struct LoadedPlugin {
     pub label: String,
     /// The world it implements.
     pub world: Role,
+    /// The WIT package version it was built for, e.g. `0.1.0`.
+    pub version: String,
     /// sha256 of the component bytes, hex.
     pub sha256: String,
     /// Size of the component, bytes.
     pub size: usize,
-    /// Every import name (interfaces), e.g. `ssm-tether:plugin/tunnel-tcp@0.1.0`.
+    /// Every import name (interfaces), e.g. `ssm-tether:plugin/tunnel-tcp@0.1.1`.
     pub imports: Vec<String>,
     pub(crate) pre: InstancePre<StoreState>,
     pub(crate) plugin_exports: plugin::GuestIndices,
@@ -274,7 +282,11 @@ fn check_header(label: &str, bytes: &[u8]) -> Result<(), LoadError> {
 
 /// The world, from the component's exports: unused imports are dropped at build time, so
 /// only exports tell the worlds apart.
-fn detect_world(label: &str, engine: &Engine, component: &Component) -> Result<Role, LoadError> {
+fn detect_world(
+    label: &str,
+    engine: &Engine,
+    component: &Component,
+) -> Result<(Role, String), LoadError> {
     let exports: Vec<String> = component
         .component_type()
         .exports(engine)
@@ -303,7 +315,7 @@ fn detect_world(label: &str, engine: &Engine, component: &Component) -> Result<R
                 supported: PACKAGE_VERSION,
             });
         }
-        found = Some(role);
+        found = Some((role, version.to_owned()));
     }
     found.ok_or_else(|| LoadError::NoWorld {
         plugin: label.to_owned(),
@@ -315,10 +327,12 @@ fn detect_world(label: &str, engine: &Engine, component: &Component) -> Result<R
     })
 }
 
-/// Whether a guest built for `version` works with this host. The host binds exports by their
-/// exact name, so only the same version is accepted until a second version is bound.
+/// Whether a guest built for `version` works with this host: any `0.1.x`.
 fn compatible(version: &str) -> bool {
-    version == PACKAGE_VERSION
+    version
+        .strip_prefix(COMPATIBLE)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_some_and(|patch| !patch.is_empty() && patch.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// Advances the engine's epoch every [`TICK`] until the engine is dropped.

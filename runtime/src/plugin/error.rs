@@ -59,7 +59,8 @@ pub enum LoadError {
     /// The component was built against an incompatible version of the WIT package.
     #[error(
         "plugin {plugin}: built for ssm-tether:plugin@{found}, but this runtime provides \
-         ssm-tether:plugin@{supported}; rebuild it against this runtime's wit/"
+         ssm-tether:plugin@{supported} and accepts guests of any 0.1.x; rebuild it against \
+         this runtime's wit/"
     )]
     IncompatibleVersion {
         /// The plugin.

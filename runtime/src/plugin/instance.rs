@@ -108,10 +108,12 @@ impl PluginInstance {
     /// the caller's fallback decides.
     pub async fn decide(&self, context: &DecisionContext) -> Result<Decision, CallFailure> {
         self.admit()?;
+        let context_session = context.session.clone();
         let context = convert::decision_context(&self.tunnel_info(), context);
         let result = {
             let mut sandbox = self.sandbox.lock().await;
-            let answer = sandbox.decide(&context).await;
+            let session = convert::session_ref(&context_session);
+            let answer = sandbox.decide(&context, Some(session)).await;
             match answer.map(convert::decision) {
                 Ok(Ok(decision)) => Ok(decision),
                 Ok(Err(bad)) => {
@@ -144,11 +146,13 @@ impl PluginInstance {
     /// # Errors
     /// As [`decide`](Self::decide).
     pub async fn on_event(&self, event: &TunnelEvent) -> Result<(), CallFailure> {
+        let original = event;
         let Some(event) = convert::event(event) else {
             return Ok(());
         };
         self.admit()?;
-        let result = self.sandbox.lock().await.on_event(&event).await;
+        let session = original.session.as_ref().map(convert::session_ref);
+        let result = self.sandbox.lock().await.on_event(&event, session).await;
         self.record(result)
     }
 

@@ -252,9 +252,11 @@ impl Sandbox {
     pub(crate) async fn decide(
         &mut self,
         context: &types::DecisionContext,
+        session: Option<types::SessionRef>,
     ) -> Result<types::Decision, Failure> {
         let limits = self.limits;
         let live = self.live().await?;
+        live.store.data_mut().host.call_session = session;
         let Exports::Reconnect(guest) = &live.exports else {
             return Err(Failure::Broken("not a reconnect policy".into()));
         };
@@ -272,6 +274,7 @@ impl Sandbox {
     ) -> Result<types::ProbeOutcome, Failure> {
         let limits = self.limits;
         let live = self.live().await?;
+        live.store.data_mut().host.call_session = None;
         let Exports::Health(guest) = &live.exports else {
             return Err(Failure::Broken("not a health check".into()));
         };
@@ -285,9 +288,14 @@ impl Sandbox {
     }
 
     /// Delivers one event to a hook.
-    pub(crate) async fn on_event(&mut self, event: &types::TunnelEvent) -> Result<(), Failure> {
+    pub(crate) async fn on_event(
+        &mut self,
+        event: &types::TunnelEvent,
+        session: Option<types::SessionRef>,
+    ) -> Result<(), Failure> {
         let limits = self.limits;
         let live = self.live().await?;
+        live.store.data_mut().host.call_session = session;
         let Exports::Hooks(guest) = &live.exports else {
             return Err(Failure::Broken("not an event hook".into()));
         };

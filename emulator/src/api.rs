@@ -1,5 +1,5 @@
 //! The SSM JSON-1.1 API (`POST /`, routed by `X-Amz-Target`) and MGS's CreateDataChannel
-//! (`POST /v1/data-channel/{id}`), PROTOCOL.md §4.1 and §8.1.
+//! (`POST /v1/data-channel/{id}`), docs/protocol.md §4.1 and §8.1.
 //!
 //! Any SigV4 `Authorization` header is accepted (signatures are not checked); its access key
 //! id is recorded in the event log and drives the credential-expiry fault.

@@ -58,7 +58,7 @@ impl std::fmt::Debug for EmulatorConfig {
     }
 }
 
-/// The agent model's knobs (PROTOCOL.md §5, §6, §10).
+/// The agent model's knobs (docs/protocol.md §5, §6, §10).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentSettings {

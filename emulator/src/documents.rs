@@ -1,5 +1,5 @@
 //! The AWS-owned port-forwarding session documents and their parameter substitution
-//! (PROTOCOL.md §7).
+//! (docs/protocol.md §7).
 //!
 //! The real documents live in the SSM service; the definitions here are the widely published
 //! ones. Parameter regexes are approximated by numeric range checks.

@@ -7,7 +7,7 @@
 //! emulator's reliability, session and forwarding logic is its own.
 //!
 //! * [`message`]: the binary `ClientMessage` frame every WebSocket binary message carries
-//!   (PROTOCOL.md §2), with [`MessageType`] and [`PayloadType`].
+//!   (docs/protocol.md §2), with [`MessageType`] and [`PayloadType`].
 //! * [`payload`]: the JSON and binary payloads carried inside those frames (§3–§5).
 //! * [`smux`]: the xtaci/smux v1 frame format multiplexed inside `Output` payloads (§6.2).
 //!

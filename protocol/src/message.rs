@@ -1,4 +1,4 @@
-//! The binary `ClientMessage` frame (PROTOCOL.md §2): a fixed 120-byte big-endian header
+//! The binary `ClientMessage` frame (docs/protocol.md §2): a fixed 120-byte big-endian header
 //! followed by the payload. One WebSocket binary message carries exactly one frame.
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -261,7 +261,7 @@ fn read_u64(frame: &[u8], at: usize) -> u64 {
 mod tests {
     use super::*;
 
-    /// PROTOCOL.md §2.3, byte for byte.
+    /// docs/protocol.md §2.3, byte for byte.
     const WORKED_EXAMPLE: &str = concat!(
         "00000074696e7075745f73747265616d",
         "5f646174612020202020202020202020",

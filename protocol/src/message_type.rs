@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// Width of the MessageType field on the wire (PROTOCOL.md §2.1).
+/// Width of the MessageType field on the wire (docs/protocol.md §2.1).
 pub const MESSAGE_TYPE_WIDTH: usize = 32;
 
 /// The kind of a [`ClientMessage`](super::ClientMessage), from its 32-byte header field.
@@ -98,7 +98,7 @@ impl MessageType {
         })
     }
 
-    /// Whether messages of this type are sequenced, buffered and acknowledged (PROTOCOL.md §4.4).
+    /// Whether messages of this type are sequenced, buffered and acknowledged (docs/protocol.md §4.4).
     pub fn is_stream_data(&self) -> bool {
         matches!(self, Self::InputStreamData | Self::OutputStreamData)
     }

@@ -1,4 +1,4 @@
-//! The `PayloadType` header field (PROTOCOL.md §3.2).
+//! The `PayloadType` header field (docs/protocol.md §3.2).
 
 use std::fmt;
 

@@ -1,4 +1,4 @@
-//! xtaci/smux protocol version 1 frames (PROTOCOL.md §6.2), sans-IO.
+//! xtaci/smux protocol version 1 frames (docs/protocol.md §6.2), sans-IO.
 //!
 //! In mux mode the data channel's `Output` payloads carry a raw smux byte stream, chopped into
 //! ≤ 1024-byte messages with no alignment to smux frames. [`FrameDecoder`] therefore takes

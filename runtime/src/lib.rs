@@ -4,10 +4,11 @@
 //! sans-IO wire formats, [`channel`], [`mux`] and [`tunnel::core`] the sans-IO state
 //! machines (no sockets, no clocks), and the I/O layers are built on top of them.
 //!
-//! Modules, from the leaves up: [`events`] (what a tunnel reports), [`aws`] and
-//! [`transport`] (the SSM API and the WebSocket), [`policy`] (the policy file), [`recovery`]
-//! (the built-in reconnect policy), [`builtin`] and [`plugin`] (the plugin host), [`tunnel`]
-//! (the tunnel itself) and [`reload`] (hot reload of a policy file's plugins).
+//! Modules, from the leaves up: [`transport`] and [`aws`] (the WebSocket and the SSM API),
+//! [`events`] (what a tunnel reports), [`policy`] (the policy file), [`recovery`] (the built-in
+//! reconnect policy), [`builtin`] and [`plugin`] (the plugin host), [`tunnel`] (the tunnel
+//! itself) and [`reload`] (hot reload of a policy file's plugins); each uses only modules
+//! before it. See `docs/design.md` §2.
 
 pub use ssm_tether_protocol as protocol;
 

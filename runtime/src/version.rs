@@ -1,4 +1,4 @@
-//! Dotted version numbers, compared the way the agent compares them (PROTOCOL.md §6.1).
+//! Dotted version numbers, compared the way the agent compares them (docs/protocol.md §6.1).
 
 use std::cmp::Ordering;
 

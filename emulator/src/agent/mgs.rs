@@ -1,4 +1,4 @@
-//! The agent's side of the MGS contract (PROTOCOL.md §4.1, §9.4): the CreateDataChannel REST
+//! The agent's side of the MGS contract (docs/protocol.md §4.1, §9.4): the CreateDataChannel REST
 //! call, the data-channel WebSocket with its OpenDataChannel text frame, and the rejoin
 //! retry schedule.
 

@@ -1,4 +1,4 @@
-//! An in-process model of amazon-ssm-agent's port session (PROTOCOL.md §4–§6, §9.4, §12).
+//! An in-process model of amazon-ssm-agent's port session (docs/protocol.md §4–§6, §9.4, §12).
 //!
 //! [`spawn`] starts one agent session against the emulator's service, exactly as the real
 //! agent talks to MGS: CreateDataChannel over HTTP for a token, a data-channel WebSocket with

@@ -1,4 +1,4 @@
-//! Port-session decisions the agent makes from the handshake (PROTOCOL.md §6.1), and the
+//! Port-session decisions the agent makes from the handshake (docs/protocol.md §6.1), and the
 //! chunking of its outgoing byte stream (§6.4). Pure functions, unit-tested.
 
 use std::cmp::Ordering;

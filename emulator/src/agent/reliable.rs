@@ -1,4 +1,4 @@
-//! The agent's reliable stream layer (PROTOCOL.md §4.4–§4.7), sans-IO.
+//! The agent's reliable stream layer (docs/protocol.md §4.4–§4.7), sans-IO.
 //!
 //! This is a model of amazon-ssm-agent's `datachannel.go`, not of a good transport: every
 //! quirk that a client has to survive is kept on purpose.
@@ -247,7 +247,7 @@ impl Reliable {
                     ack: None,
                 };
             }
-            // Process, then ack, then advance, as PROTOCOL.md §4.7 describes the agent.
+            // Process, then ack, then advance, as docs/protocol.md §4.7 describes the agent.
             let ack = AcknowledgeContent::for_message(&message);
             self.expected += 1;
             let mut delivered = 1;

@@ -5,7 +5,7 @@
 //! current, single-use token the socket is registered in its session and binary frames are
 //! relayed verbatim to the other side.
 //!
-//! Inferred behaviour (MGS internals are not public, PROTOCOL.md §15):
+//! Inferred behaviour (MGS internals are not public, docs/protocol.md §15):
 //! * Binary frames that arrive before the token frame (the plugin can race them, §13 item 10)
 //!   are kept (up to 64) and relayed once the token is accepted.
 //! * Frames for an absent peer are **dropped**, not buffered: both endpoints retransmit their

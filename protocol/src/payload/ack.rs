@@ -1,4 +1,4 @@
-//! The `acknowledge` payload (PROTOCOL.md §4.3).
+//! The `acknowledge` payload (docs/protocol.md §4.3).
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

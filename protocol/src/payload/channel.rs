@@ -1,5 +1,5 @@
 //! Service and agent status payloads: `channel_closed` and `agent_session_state`
-//! (PROTOCOL.md §3.1, §5).
+//! (docs/protocol.md §3.1, §5).
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,4 @@
-//! The `Flag` payload (PayloadType 10): a 4-byte big-endian u32 (PROTOCOL.md §3.3).
+//! The `Flag` payload (PayloadType 10): a 4-byte big-endian u32 (docs/protocol.md §3.3).
 
 use bytes::Bytes;
 

@@ -1,4 +1,4 @@
-//! Handshake payloads (PROTOCOL.md §5): HandshakeRequest (agent → client, PayloadType 5),
+//! Handshake payloads (docs/protocol.md §5): HandshakeRequest (agent → client, PayloadType 5),
 //! HandshakeResponse (client → agent, 6) and HandshakeComplete (agent → client, 7).
 
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
 //! Payloads carried inside [`ClientMessage`](super::ClientMessage)s and the OpenDataChannel
-//! text frame (PROTOCOL.md §3–§5).
+//! text frame (docs/protocol.md §3–§5).
 //!
 //! JSON payloads are serde types whose field names, order and shapes match what the Go client
 //! and agent marshal, so a frame we write is byte-identical to theirs. Field names therefore

@@ -1,4 +1,4 @@
-//! The OpenDataChannel text frame sent first on every data-channel WebSocket (PROTOCOL.md §4.1).
+//! The OpenDataChannel text frame sent first on every data-channel WebSocket (docs/protocol.md §4.1).
 
 use std::fmt;
 

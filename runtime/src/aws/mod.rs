@@ -5,7 +5,7 @@
 //! `aws_config::defaults(…).load()` each time), the way the official plugin builds a new SDK
 //! session per ResumeSession: that is how a rewritten credentials file, a refreshed SSO cache or
 //! rotated `credential_process` output is picked up by a tunnel that has been up for days
-//! (PROTOCOL.md §9.5, cause 2). Every credential source of `aws-config`'s default chain works:
+//! (docs/protocol.md §9.5, cause 2). Every credential source of `aws-config`'s default chain works:
 //! environment variables, shared config/credentials profiles (incl. `credential_process`, SSO,
 //! assume-role), web identity, ECS and EC2 instance metadata. As in every AWS SDK, credentials in
 //! environment variables take precedence over the profile.

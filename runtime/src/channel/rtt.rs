@@ -1,4 +1,4 @@
-//! Round-trip time estimation and the retransmission timeout (PROTOCOL.md §4.5).
+//! Round-trip time estimation and the retransmission timeout (docs/protocol.md §4.5).
 //!
 //! The formula is the official client's and agent's, so both ends of a session agree on how
 //! patient to be: `rttvar = (1−β)·rttvar + β·|rtt − sample|` using the *old* rtt, then

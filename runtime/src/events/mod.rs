@@ -1,6 +1,7 @@
 //! What a tunnel reports, as plain data: typed lifecycle events, the causes the recovery
-//! logic reasons about, and the live status. A leaf module: the tunnel core produces these,
-//! and the CLI, the plugin host and event-hook plugins consume them.
+//! logic reasons about, and the live status. Near the bottom of the module graph (it uses
+//! only the error types of `aws` and `transport`): the tunnel core produces these, and the
+//! policy, the recovery policy, the plugin host and the CLI consume them.
 
 mod cause;
 mod status;

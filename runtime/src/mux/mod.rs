@@ -1,4 +1,4 @@
-//! The smux v1 client over the data channel's Output byte stream, sans-IO (PROTOCOL.md §6.2).
+//! The smux v1 client over the data channel's Output byte stream, sans-IO (docs/protocol.md §6.2).
 //!
 //! Each local TCP connection is one smux stream. Outgoing frames accumulate in one byte
 //! stream that the session chops into ≤ 1024-byte Output messages, as the official client does

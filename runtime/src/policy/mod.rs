@@ -57,7 +57,7 @@
 //!   policy, merged key by key:
 //!   * `base_delay` (default `200ms`): first backoff delay after an unplanned disconnect.
 //!   * `max_delay` (default `30s`): backoff cap; must be ≥ `base_delay`.
-//!   * `resume_attempts_before_restart` (default `5`, ≥ 1): failed ResumeSession/reconnect
+//!   * `resume_attempts_before_restart` (default `10`, ≥ 1): failed ResumeSession/reconnect
 //!     attempts before a fresh StartSession.
 //!   * `give_up_after` (default `"never"`): give up (exit non-zero) after the tunnel has been
 //!     down this long.
@@ -346,7 +346,7 @@ impl TunnelSpec {
         }
     }
 
-    /// The StartSession `Parameters` (PROTOCOL.md §7), e.g.
+    /// The StartSession `Parameters` (docs/protocol.md §7), e.g.
     /// `{"host":["db.internal"],"localPortNumber":["0"],"portNumber":["5432"]}`.
     ///
     /// `localPortNumber` is informational for the service (the agent never sees the client's

@@ -1,5 +1,5 @@
 //! Opening a data-channel WebSocket: the (signed) upgrade, then the OpenDataChannel text frame
-//! before any binary frame (PROTOCOL.md §4.1, fixing §13 #10).
+//! before any binary frame (docs/protocol.md §4.1, fixing §13 #10).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

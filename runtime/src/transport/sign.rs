@@ -1,4 +1,4 @@
-//! SigV4 signing of the data-channel WebSocket upgrade (PROTOCOL.md §4.1 step 2, §9.6).
+//! SigV4 signing of the data-channel WebSocket upgrade (docs/protocol.md §4.1 step 2, §9.6).
 //!
 //! Newer official plugins sign the `GET` upgrade of the StreamUrl with SigV4 (service
 //! `ssmmessages`), in headers, unless the URL is already presigned (its query carries

@@ -1,4 +1,4 @@
-//! The client side of the handshake (PROTOCOL.md §5, §6.1), sans-IO: from the agent's
+//! The client side of the handshake (docs/protocol.md §5, §6.1), sans-IO: from the agent's
 //! HandshakeRequest to our HandshakeResponse and the port-forwarding mode both ends will use.
 
 use serde_json::Value;

@@ -115,7 +115,7 @@ impl Core {
         match result {
             Ok(Some(mut grant)) => {
                 // Always dial the StreamUrl ResumeSession returned: the old one's cell may be
-                // stale (PROTOCOL §9.5 cause 1). An empty one means "unchanged".
+                // stale (docs/protocol.md §9.5 cause 1). An empty one means "unchanged".
                 if let Some(session) = self.session_mut(key) {
                     if grant.stream_url.is_empty() {
                         grant.stream_url.clone_from(&session.stream_url);

@@ -120,7 +120,7 @@ impl Default for CoreConfig {
 /// Default [`CoreConfig::handshake_timeout`]: the agent gives the client 15 s to answer; the
 /// official client waits forever.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-/// smux keepalive period of agents that keep it on (PROTOCOL §6.2).
+/// smux keepalive period of agents that keep it on (docs/protocol.md §6.2).
 pub const SMUX_KEEPALIVE: Duration = Duration::from_secs(10);
 /// Default [`CoreConfig::max_waiting`]: during a long outage a client that reconnects in a
 /// loop must not exhaust memory or file descriptors.

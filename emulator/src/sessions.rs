@@ -68,6 +68,11 @@ pub(crate) struct Session {
     /// The agent model's runtime switches.
     pub(crate) controls: Arc<AgentControls>,
     state: Mutex<SessionState>,
+    /// Held while a socket joins or leaves, from the state change until its
+    /// pause/start_publication frames are queued: two sockets changing at once must not have
+    /// their frames overtake each other (a pause decided first but queued last would leave a
+    /// side paused while both are connected).
+    pub(crate) publication: tokio::sync::Mutex<()>,
 }
 
 /// The mutable part of a session.
@@ -121,6 +126,7 @@ impl Session {
             properties,
             started: now,
             controls,
+            publication: tokio::sync::Mutex::new(()),
             state: Mutex::new(SessionState {
                 terminated: None,
                 client_token: Some(client_token),

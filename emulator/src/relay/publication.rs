@@ -13,6 +13,7 @@ use crate::sessions::{Outbound, Peer, Session};
 
 /// A side's socket was accepted: publication control for both sides.
 pub(super) async fn joined(service: &Service, session: &Session, side: Side) {
+    let _ordered = session.publication.lock().await;
     let (start_other, pause_self) = {
         let mut state = session.state();
         match side {
@@ -66,6 +67,7 @@ pub(super) async fn left(
         PauseOther,
         Terminate,
     }
+    let ordered = session.publication.lock().await;
     let then = {
         let mut state = session.state();
         let slot = state.peer_mut(side);
@@ -114,6 +116,7 @@ pub(super) async fn left(
                 .await;
         }
         Then::Terminate => {
+            drop(ordered);
             service
                 .terminate(session, Termination::AgentTerminated)
                 .await;

@@ -7,9 +7,9 @@
 //! [`Channel::handle_timeout`], and tells the channel when the WebSocket comes and goes
 //! ([`Channel::on_connected`] / [`Channel::on_disconnected`]). Everything else — sequence
 //! counters, unacknowledged messages, the reorder buffer, RTT — lives here and survives
-//! reconnects, because the SSM protocol never renegotiates it (PROTOCOL.md §4.4).
+//! reconnects, because the SSM protocol never renegotiates it (docs/protocol.md §4.4).
 //!
-//! How this differs from the official client (PROTOCOL.md §13), and why:
+//! How this differs from the official client (docs/protocol.md §13), and why:
 //! * Every outgoing message is kept until acknowledged, including those written while the
 //!   socket is down or the peer is paused (#4): nothing is dropped on a send failure.
 //! * Nothing is ever evicted (#12): when [`ChannelConfig::max_unacked`] messages are in flight,
@@ -27,6 +27,12 @@
 //!   the peer resends it later — the protocol's only form of receive flow control.
 
 pub mod rtt;
+
+/// Acknowledgements remembered for sending again on the next connection.
+const RECENT_ACKS: usize = 256;
+
+/// Floor of the first retransmission timer of a message written again on a fresh connection.
+const FRESH_RTO_FLOOR: Duration = Duration::from_millis(20);
 
 /// How much later than a lost message another must have been sent, beyond a quarter RTT, for
 /// its ack to prove the loss rather than reordering in the relay.
@@ -152,6 +158,8 @@ pub struct ChannelStats {
     pub bad_digest: u64,
     /// Incoming messages refused because the application fell behind or buffers were full.
     pub refused: u64,
+    /// Acknowledgements sent again on a new connection.
+    pub reacked: u64,
 }
 
 #[derive(Debug)]
@@ -160,7 +168,24 @@ struct Outgoing {
     /// When it was last written; `None` while it has never been.
     last_sent: Option<Instant>,
     transmissions: u32,
+    /// Retransmissions for a timeout or a detected loss since it was last written on a fresh
+    /// connection: the exponent of its backoff.
+    backoffs: u32,
     deadline: Option<Instant>,
+}
+
+/// Why a message is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Write {
+    /// For the first time.
+    First,
+    /// Again, because its timer expired or a later message's ack proved it lost: back off.
+    Retransmit,
+    /// Again, on a new connection or after a publication pause: whatever the old path did
+    /// says nothing about the new one, so the backoff starts over, and the first timer is the
+    /// RTT-derived one without the floor (a message lost in the hand-over between sockets is
+    /// then resent within milliseconds on a fast path, not after 200 ms or more).
+    Fresh,
 }
 
 /// The reliable data channel state machine. See the [module docs](self).
@@ -185,6 +210,10 @@ pub struct Channel {
     paused: bool,
     /// When an ack last removed a message: retransmission timers restart from it.
     last_progress: Option<Instant>,
+    /// The latest acknowledgements sent: those written just before a socket died may never
+    /// have arrived, and the agent resends only its oldest unacknowledged message, one per
+    /// 100 ms — every lost ack is a message it resends, and everything behind it waits.
+    recent_acks: VecDeque<AcknowledgeContent>,
     stats: ChannelStats,
 }
 
@@ -207,6 +236,7 @@ impl Channel {
             connected: false,
             paused: false,
             last_progress: None,
+            recent_acks: VecDeque::new(),
             stats: ChannelStats::default(),
         }
     }
@@ -253,12 +283,13 @@ impl Channel {
             frame: message.encode(),
             last_sent: None,
             transmissions: 0,
+            backoffs: 0,
             deadline: None,
         };
         self.unacked.insert(seq, outgoing);
         self.stats.sent += 1;
         if self.can_transmit() {
-            self.transmit_seq(seq, now);
+            self.transmit_seq(seq, now, Write::First);
         }
         Ok(seq)
     }
@@ -365,17 +396,26 @@ impl Channel {
                 continue;
             }
             self.stats.retransmitted += 1;
-            self.transmit_seq(seq, now);
+            self.transmit_seq(seq, now, Write::Retransmit);
         }
     }
 
-    /// A WebSocket is open and its OpenDataChannel frame written: everything unacknowledged is
-    /// written again (the peer re-acknowledges what it already has).
+    /// A WebSocket is open and its OpenDataChannel frame written: the latest acknowledgements
+    /// are sent again (those written just before the old socket died may be lost, and the
+    /// agent would otherwise resend those messages one per 100 ms before anything newer), and
+    /// everything unacknowledged is written again (the peer re-acknowledges what it already
+    /// has).
     pub fn on_connected(&mut self, now: Instant) {
         self.connected = true;
         // The service pauses us only while the peer is away; a fresh connection starts clean,
         // and a new pause arrives if the peer is still gone.
         self.paused = false;
+        let created = self.unix_ms(now);
+        for ack in std::mem::take(&mut self.recent_acks) {
+            self.stats.reacked += 1;
+            self.transmit
+                .push_back(ack.into_message(created, Uuid::new_v4()).encode());
+        }
         self.retransmit_all(now);
     }
 
@@ -458,26 +498,32 @@ impl Channel {
     }
 
     /// Writes message `seq` now and schedules its next retransmission.
-    fn transmit_seq(&mut self, seq: i64, now: Instant) {
+    fn transmit_seq(&mut self, seq: i64, now: Instant, write: Write) {
+        let fresh_rto = self.rtt.rto().clamp(FRESH_RTO_FLOOR, self.rto());
         let Some(out) = self.unacked.get_mut(&seq) else {
             return;
         };
         out.transmissions = out.transmissions.saturating_add(1);
+        match write {
+            Write::First => {}
+            Write::Retransmit => out.backoffs = out.backoffs.saturating_add(1),
+            Write::Fresh => out.backoffs = 0,
+        }
         out.last_sent = Some(now);
         self.transmit.push_back(out.frame.clone());
-        let deadline = now + self.backoff_of(seq);
-        self.reschedule(seq, deadline);
+        let interval = match write {
+            Write::Fresh => fresh_rto,
+            Write::First | Write::Retransmit => self.backoff_of(seq),
+        };
+        self.reschedule(seq, now + interval);
     }
 
     /// The retransmission interval of message `seq`: the RTO, doubled per retransmission,
     /// capped at `max_backoff` (but never below the RTO).
     fn backoff_of(&self, seq: i64) -> Duration {
         let rto = self.rto();
-        let retransmissions = self
-            .unacked
-            .get(&seq)
-            .map_or(0, |out| out.transmissions.saturating_sub(1));
-        rto.saturating_mul(1 << retransmissions.min(16))
+        let backoffs = self.unacked.get(&seq).map_or(0, |out| out.backoffs);
+        rto.saturating_mul(1 << backoffs.min(16))
             .min(self.config.max_backoff.max(rto))
     }
 
@@ -499,7 +545,7 @@ impl Channel {
             {
                 self.stats.retransmitted += 1;
             }
-            self.transmit_seq(seq, now);
+            self.transmit_seq(seq, now, Write::Fresh);
         }
     }
 
@@ -552,7 +598,7 @@ impl Channel {
             .collect();
         for seq in lost {
             self.stats.retransmitted += 1;
-            self.transmit_seq(seq, now);
+            self.transmit_seq(seq, now, Write::Retransmit);
         }
     }
 
@@ -590,8 +636,12 @@ impl Channel {
     fn queue_ack(&mut self, message: &ClientMessage, now: Instant) {
         // Without a socket the ack is pointless: the peer resends and we ack then.
         if self.connected {
-            let ack = AcknowledgeContent::for_message(message)
-                .into_message(self.unix_ms(now), Uuid::new_v4());
+            let content = AcknowledgeContent::for_message(message);
+            if self.recent_acks.len() == RECENT_ACKS {
+                self.recent_acks.pop_front();
+            }
+            self.recent_acks.push_back(content.clone());
+            let ack = content.into_message(self.unix_ms(now), Uuid::new_v4());
             self.transmit.push_back(ack.encode());
         }
     }

@@ -248,6 +248,40 @@ fn messages_written_while_disconnected_are_kept_and_sent_in_order_on_reconnect()
 }
 
 #[test]
+fn a_new_connection_repeats_the_latest_acks_and_resends_without_the_old_backoff() {
+    let (mut ch, t0) = client();
+    // Three messages from the peer, acked on a socket that then dies: the acks may be lost.
+    for seq in 0..3 {
+        ch.handle_frame(data(seq, b"x"), t0).expect("valid");
+    }
+    assert_eq!(acked_seqs(&drain(&mut ch)), vec![0, 1, 2]);
+    // Fast round trips measured earlier on the path bring its RTO down to the floor.
+    for seq in 0..40 {
+        send(&mut ch, b"z", t0);
+        ch.handle_frame(ack(seq), t0 + MS).expect("ack");
+    }
+    drain(&mut ch);
+    // One of ours has been retransmitted twice already on the old path.
+    send(&mut ch, b"a", t0);
+    ch.handle_timeout(t0 + Duration::from_secs(1));
+    ch.handle_timeout(t0 + Duration::from_secs(2));
+    drain(&mut ch);
+    ch.on_disconnected();
+    let t1 = t0 + Duration::from_secs(3);
+    ch.on_connected(t1);
+    let frames = drain(&mut ch);
+    assert_eq!(acked_seqs(&frames), vec![0, 1, 2], "the acks go out again");
+    assert_eq!(seqs_of(&frames, MessageType::InputStreamData), vec![40]);
+    // Its next timer is the path's RTT-derived one (20 ms floor), not 800 ms of old backoff.
+    let next = ch.poll_timeout().expect("a timer");
+    assert_eq!(next, t1 + FRESH_RTO_FLOOR);
+    // The acks are repeated once, not on every later connection.
+    ch.on_disconnected();
+    ch.on_connected(t1 + Duration::from_secs(1));
+    assert!(acked_seqs(&drain(&mut ch)).is_empty());
+}
+
+#[test]
 fn full_window_refuses_instead_of_evicting() {
     let (mut ch, t0) = channel(ChannelConfig {
         max_unacked: 2,

@@ -1,4 +1,4 @@
-//! Tunnels survive the faults that kill the official client's tunnels (PROTOCOL.md §9.5, §13),
+//! Tunnels survive the faults that kill the official client's tunnels (docs/protocol.md §9.5, §13),
 //! end to end against the emulator. Every test checks the bytes, not internals.
 
 mod support;
@@ -367,4 +367,40 @@ async fn shutdown_sends_the_flag_and_terminate_session_reaches_the_service() {
         })
         .await;
     assert!(flag.is_some(), "the agent got the TerminateSession flag");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_response_survives_hundreds_of_recycles_of_both_sides() {
+    // One byte at a time, so that every recycle catches a request or its answer in the
+    // hand-over between sockets: a frame lost there must be resent, an ack lost there must not
+    // leave the agent holding the answer back, and neither side may be left paused.
+    let rig = Rig::start(|_| {}).await;
+    let mut socket = tokio::net::TcpStream::connect(rig.local())
+        .await
+        .expect("connect");
+    socket.set_nodelay(true).expect("nodelay");
+    let mut byte = [0u8; 1];
+    for round in 0..200 {
+        for _ in 0..10 {
+            tokio::io::AsyncWriteExt::write_all(&mut socket, b"x")
+                .await
+                .expect("write");
+            socket.read_exact(&mut byte).await.expect("echo");
+        }
+        rig.emulator
+            .faults()
+            .recycle(None, SideSelection::Both)
+            .await
+            .expect("recycle");
+        tokio::io::AsyncWriteExt::write_all(&mut socket, b"y")
+            .await
+            .expect("write");
+        tokio::time::timeout(Duration::from_secs(10), socket.read_exact(&mut byte))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the answer never came"))
+            .expect("echo");
+        assert_eq!(&byte, b"y");
+    }
+    assert!(rig.tunnel.status().borrow().resumes >= 200);
+    rig.tunnel.shutdown().await.expect("clean shutdown");
 }

@@ -90,12 +90,12 @@ impl Core {
                 ChannelEvent::Resumed => tracing::debug!("publication resumed"),
             }
         }
-        let failed = self
+        let broken = self
             .session_mut(key)
             .and_then(|s| s.data.as_mut())
-            .and_then(|d| d.mux_failed.take());
-        if let Some(detail) = failed {
-            self.disconnected(key, Cause::ProtocolError(detail), now);
+            .and_then(|d| d.broken.take());
+        if let Some(cause) = broken {
+            self.disconnected(key, cause, now);
             return;
         }
         self.pump(key, now);
@@ -121,6 +121,9 @@ impl Core {
                         .map_or_else(String::new, |n| n.destination.clone());
                     tracing::warn!(%destination,
                         "the agent could not connect to the destination; closing that connection");
+                    if let Some(data) = self.session_mut(key).and_then(|s| s.data.as_mut()) {
+                        data.refused += 1;
+                    }
                     self.emit_for(key, EventKind::DestinationUnreachable { destination });
                 }
                 Ok(flag) => tracing::debug!(?flag, "flag from the agent"),
@@ -147,7 +150,12 @@ impl Core {
         }
         match negotiated {
             Ok(negotiated) => data.pending = Some(negotiated),
-            Err(err) => tracing::error!(error = %err, "handshake refused"),
+            Err(err) => {
+                // The agent cancels the session on our failed answer; waiting for the
+                // handshake deadline would only delay the replacement.
+                tracing::error!(error = %err, "handshake refused");
+                data.broken = Some(Cause::HandshakeFailed(err.to_string()));
+            }
         }
     }
 
@@ -224,14 +232,14 @@ impl Core {
             return;
         };
         let mut deliveries: Vec<(ConnId, Bytes)> = Vec::new();
-        let mut closed: Vec<ConnId> = Vec::new();
+        let mut closed: Vec<(ConnId, CloseReason)> = Vec::new();
         match &mut data.forward {
             Forward::Mux { mux, streams } => {
                 if let Err(err) = mux.handle_bytes(&payload) {
                     // smux closes the whole session on a protocol error; so do we, by
                     // restarting (the streams are unrecoverable).
                     tracing::error!(error = %err, "smux protocol error");
-                    data.mux_failed = Some(err.to_string());
+                    data.broken = Some(Cause::ProtocolError(err.to_string()));
                     return;
                 }
                 while let Some(event) = mux.poll_event() {
@@ -242,8 +250,14 @@ impl Core {
                             }
                         }
                         MuxEvent::Closed(stream) => {
+                            let reason = if data.refused > 0 {
+                                data.refused -= 1;
+                                CloseReason::DestinationUnreachable
+                            } else {
+                                CloseReason::DestinationClosed
+                            };
                             if let Some(conn) = streams.remove(&stream) {
-                                closed.push(conn);
+                                closed.push((conn, reason));
                             }
                         }
                     }
@@ -259,8 +273,8 @@ impl Core {
         for (conn, bytes) in deliveries {
             self.deliver(conn, bytes, now);
         }
-        for conn in closed {
-            self.close_conn(conn, CloseReason::DestinationClosed, true, now);
+        for (conn, reason) in closed {
+            self.close_conn(conn, reason, true, now);
         }
     }
 

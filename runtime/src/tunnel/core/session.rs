@@ -116,8 +116,12 @@ pub(super) struct SessionData {
     pub(super) pending: Option<Negotiated>,
     pub(super) negotiated: Option<Negotiated>,
     pub(super) forward: Forward,
-    /// The smux session broke (protocol error): the session must be replaced.
-    pub(super) mux_failed: Option<String>,
+    /// The session cannot forward (an smux protocol error, a handshake for something other
+    /// than a port session): it must be replaced.
+    pub(super) broken: Option<Cause>,
+    /// ConnectToPortError flags not yet matched to the FIN that follows each (the flag does
+    /// not name its stream; the agent sends it right before that stream's FIN).
+    pub(super) refused: u32,
 }
 
 impl SessionData {
@@ -127,7 +131,8 @@ impl SessionData {
             pending: None,
             negotiated: None,
             forward: Forward::Pending,
-            mux_failed: None,
+            broken: None,
+            refused: 0,
         }
     }
 

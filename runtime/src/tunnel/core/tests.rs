@@ -211,3 +211,37 @@ fn a_planned_close_resumes_without_any_delay() {
         "ResumeSession right away, not after a timer"
     );
 }
+
+#[test]
+fn a_handshake_for_anything_but_a_port_session_is_refused_at_once() {
+    use crate::protocol::message::{FLAG_SYN, SCHEMA_VERSION};
+    use crate::protocol::{ClientMessage, MessageType, PayloadType};
+
+    let t0 = Instant::now();
+    let (mut core, socket) = connected(t0);
+    let request = ClientMessage {
+        message_type: MessageType::OutputStreamData,
+        schema_version: SCHEMA_VERSION,
+        created_date: 1,
+        sequence_number: 0,
+        flags: FLAG_SYN,
+        message_id: uuid::Uuid::new_v4(),
+        payload_type: PayloadType::HANDSHAKE_REQUEST,
+        payload: bytes::Bytes::from_static(
+            br#"{"AgentVersion":"3.3.987.0","RequestedClientActions":[{"ActionType":"SessionType","ActionParameters":{"SessionType":"Standard_Stream","Properties":{}}}]}"#,
+        ),
+    };
+    core.handle_frame(socket, request.encode(), t0);
+    let events: Vec<EventKind> = std::iter::from_fn(|| core.poll_event())
+        .map(|e| e.kind)
+        .collect();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            EventKind::Disconnected {
+                cause: Cause::HandshakeFailed(detail)
+            } if detail.contains("Standard_Stream")
+        )),
+        "{events:?}"
+    );
+}

@@ -12,7 +12,7 @@ mod sim;
 
 use std::time::Duration;
 
-use sim::{AppSpec, Pair};
+use sim::{AppSpec, Pair, compound};
 use ssm_emulator::sim::{SimApiError, SimConfig};
 use ssm_tether::events::{Cause, CloseReason, EventKind, SessionRole};
 use ssm_tether::policy::{RotationSettings, SlowReaderSettings};
@@ -75,79 +75,6 @@ fn worst_stall(pair: &Pair) -> (Duration, Option<ConnId>) {
         .map(|(id, a)| (a.worst_stall, Some(*id)))
         .max()
         .unwrap_or((Duration::ZERO, None))
-}
-
-/// What a [`compound`] run injected.
-struct Injected {
-    /// The longest fault.
-    worst_fault: Duration,
-    /// The worst stall of the applications a termination cost (they were replaced).
-    retired_stall: Duration,
-    /// Service-side terminations.
-    terminations: u64,
-}
-
-/// Runs until the service has made `recycles` planned recycles, one `period` apart, with a
-/// compound fault at every seventh step: a 2 s black hole of the client's socket, or three
-/// throttled ResumeSession calls and an abrupt reset. Every `terminate_every` steps the
-/// service terminates the session (a restart); the applications it cost are replaced.
-/// Faults only hit a tunnel that is up: one still recovering is left to finish.
-fn compound(pair: &mut Pair, recycles: u64, period: Duration, terminate_every: u32) -> Injected {
-    let mut injected = Injected {
-        worst_fault: Duration::ZERO,
-        retired_stall: Duration::ZERO,
-        terminations: 0,
-    };
-    let mut step = 0u32;
-    while pair.world.stats().recycles < recycles {
-        pair.run_for(period);
-        let sessions = pair.active_sessions();
-        let Some(session) = sessions.first().cloned() else {
-            continue;
-        };
-        if pair.world.client_of(&session).is_none() {
-            continue;
-        }
-        step += 1;
-        let now = pair.now;
-        match step % 7 {
-            0 if step.is_multiple_of(14) => {
-                pair.world.black_hole(now, &session, true);
-                pair.run_for(Duration::from_secs(2));
-                let now = pair.now;
-                pair.world.black_hole(now, &session, false);
-                injected.worst_fault = injected.worst_fault.max(Duration::from_secs(2));
-            }
-            0 => {
-                pair.world.fail_resumes(&[SimApiError::Throttling; 3]);
-                pair.world.reset_client(now, &session);
-            }
-            _ => {
-                for id in &sessions {
-                    pair.world.recycle(now, id, period / 3);
-                }
-            }
-        }
-        if terminate_every > 0 && step.is_multiple_of(terminate_every) {
-            let now = pair.now;
-            pair.world.terminate(now, &session);
-            injected.terminations += 1;
-            pair.run_for(Duration::from_secs(3));
-            let lost: Vec<ConnId> = pair
-                .apps
-                .iter()
-                .filter(|(_, a)| a.closed == Some(CloseReason::SessionRestarted))
-                .map(|(id, _)| *id)
-                .collect();
-            for id in lost {
-                if let Some(app) = pair.apps.remove(&id) {
-                    injected.retired_stall = injected.retired_stall.max(app.worst_stall);
-                    pair.open(app.spec);
-                }
-            }
-        }
-    }
-    injected
 }
 
 #[test]
@@ -625,4 +552,25 @@ fn shutdown_terminates_every_session_including_a_successor_and_stops() {
     assert!(pair.world.sessions().iter().all(|s| !s.active));
     // Nothing is left to do, and nothing spins.
     assert_eq!(pair.core.poll_timeout(), None);
+}
+
+#[test]
+fn a_refused_destination_closes_only_that_connection() {
+    let sim = SimConfig {
+        refuse_destination: true,
+        ..sim()
+    };
+    let mut pair = Pair::new(config(), sim, 14);
+    pair.run_for(Duration::from_secs(1));
+    let refused = pair.open(AppSpec::stream(4 * 1024));
+    pair.run_for(Duration::from_secs(1));
+    assert_eq!(
+        pair.apps[&refused].closed,
+        Some(CloseReason::DestinationUnreachable)
+    );
+    assert_eq!(
+        pair.count_events(|e| matches!(e, EventKind::DestinationUnreachable { .. })),
+        1
+    );
+    assert_eq!(pair.core.status().restarts, 0, "the session itself is fine");
 }

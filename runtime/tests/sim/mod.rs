@@ -573,3 +573,83 @@ fn api_error(operation: &'static str, error: SimApiError) -> ApiError {
         message: format!("simulated {code}"),
     }
 }
+
+// ----- scenarios ----------------------------------------------------------------------
+
+/// What a [`compound`] run injected.
+pub struct Injected {
+    /// The longest fault.
+    pub worst_fault: Duration,
+    /// The worst stall of the applications a termination cost (they were replaced).
+    pub retired_stall: Duration,
+    /// Service-side terminations.
+    pub terminations: u64,
+}
+
+/// Runs until the service has made `recycles` planned recycles, one `period` apart, with a
+/// compound fault at every seventh step: a 2 s black hole of the client's socket, or three
+/// throttled ResumeSession calls and an abrupt reset. Every `terminate_every` steps the
+/// service terminates the session (a restart); the applications it cost are replaced.
+/// Faults only hit a tunnel that is up: one still recovering is left to finish.
+pub fn compound(
+    pair: &mut Pair,
+    recycles: u64,
+    period: Duration,
+    terminate_every: u32,
+) -> Injected {
+    let mut injected = Injected {
+        worst_fault: Duration::ZERO,
+        retired_stall: Duration::ZERO,
+        terminations: 0,
+    };
+    let mut step = 0u32;
+    while pair.world.stats().recycles < recycles {
+        pair.run_for(period);
+        let sessions = pair.active_sessions();
+        let Some(session) = sessions.first().cloned() else {
+            continue;
+        };
+        if pair.world.client_of(&session).is_none() {
+            continue;
+        }
+        step += 1;
+        let now = pair.now;
+        match step % 7 {
+            0 if step.is_multiple_of(14) => {
+                pair.world.black_hole(now, &session, true);
+                pair.run_for(Duration::from_secs(2));
+                let now = pair.now;
+                pair.world.black_hole(now, &session, false);
+                injected.worst_fault = injected.worst_fault.max(Duration::from_secs(2));
+            }
+            0 => {
+                pair.world.fail_resumes(&[SimApiError::Throttling; 3]);
+                pair.world.reset_client(now, &session);
+            }
+            _ => {
+                for id in &sessions {
+                    pair.world.recycle(now, id, period / 3);
+                }
+            }
+        }
+        if terminate_every > 0 && step.is_multiple_of(terminate_every) {
+            let now = pair.now;
+            pair.world.terminate(now, &session);
+            injected.terminations += 1;
+            pair.run_for(Duration::from_secs(3));
+            let lost: Vec<ConnId> = pair
+                .apps
+                .iter()
+                .filter(|(_, a)| a.closed == Some(CloseReason::SessionRestarted))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in lost {
+                if let Some(app) = pair.apps.remove(&id) {
+                    injected.retired_stall = injected.retired_stall.max(app.worst_stall);
+                    pair.open(app.spec);
+                }
+            }
+        }
+    }
+    injected
+}

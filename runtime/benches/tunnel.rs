@@ -6,7 +6,9 @@
 //! * recovery after a planned close, until bytes flow again: p50 ≤ 50 ms, p99 ≤ 250 ms;
 //! * single-connection upload and download: ≥ 20 MB/s each way;
 //! * download with the real agent's pacing (1 ms per 1024-byte message): ≥ 90 % of its ceiling;
-//! * idle tunnel: ≤ 10 MiB resident memory added per tunnel.
+//! * idle tunnel: ≤ 10 MiB resident memory added per tunnel;
+//! * striping with the real agent's pacing (1 ms): aggregate echo throughput of K sessions
+//!   ≥ 0.9 · K × 1.024 MB/s for K = 1, 2, 4, 8.
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
@@ -277,13 +279,89 @@ async fn idle_memory() {
     emulator.shutdown().await;
 }
 
+/// Aggregate echo throughput over `sessions` striped sessions with the agent's 1 ms pacing:
+/// two connections per session, each keeping up to 256 KiB in flight (an echo client that
+/// writes as fast as its echo comes back, not a flood that only fills buffers).
+async fn striping(sessions: u8) -> f64 {
+    const IN_FLIGHT: u64 = 256 * 1024;
+    let emulator = emulator(Duration::from_millis(1)).await;
+    let aws = Aws::new();
+    let mut config = tunnel_config("striped", echo_server().await);
+    config.sessions = sessions;
+    let tunnel = Tunnel::start(config, aws.api(&emulator)).await.unwrap();
+    let mut status = tunnel.status();
+    status
+        .wait_for(|s| {
+            s.sessions
+                .iter()
+                .filter(|s| s.state == TunnelState::Forwarding)
+                .count()
+                == usize::from(sessions)
+        })
+        .await
+        .unwrap();
+    let local = tunnel.tcp_addr().unwrap();
+    let echoed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..2 * usize::from(sessions) {
+        let socket = TcpStream::connect(local).await.unwrap();
+        let (mut read, mut write) = socket.into_split();
+        let (echoed, stop) = (echoed.clone(), stop.clone());
+        let received = Arc::new(AtomicU64::new(0));
+        let back = received.clone();
+        let writer_stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let chunk = vec![0x3cu8; 16 * 1024];
+            let mut sent = 0u64;
+            while !writer_stop.load(Ordering::Relaxed) {
+                if sent - back.load(Ordering::Relaxed) > IN_FLIGHT {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+                if write.write_all(&chunk).await.is_err() {
+                    break;
+                }
+                sent += chunk.len() as u64;
+            }
+        }));
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while !stop.load(Ordering::Relaxed) {
+                match tokio::time::timeout(Duration::from_millis(100), read.read(&mut buf)).await {
+                    Ok(Ok(0) | Err(_)) => break,
+                    Ok(Ok(n)) => {
+                        received.fetch_add(n as u64, Ordering::Relaxed);
+                        echoed.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(_) => {}
+                }
+            }
+        }));
+    }
+    // Past the ramp-up, over a steady five seconds.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (start, before) = (Instant::now(), echoed.load(Ordering::Relaxed));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let bytes = echoed.load(Ordering::Relaxed) - before;
+    let rate = bytes as f64 / start.elapsed().as_secs_f64() / MB;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    tunnel.shutdown().await.unwrap();
+    emulator.shutdown().await;
+    rate
+}
+
 fn main() {
     // `cargo bench` passes harness flags (e.g. --bench); a plain binary ignores them.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    // `cargo bench -p ssm-tether --bench tunnel -- recovery` runs one section; no name runs all.
+    // `cargo bench -p ssm-tether --bench tunnel -- recovery` runs one section
+    // (recovery|throughput|paced|memory|striping); no name runs all.
     let wanted: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -310,6 +388,19 @@ fn main() {
         }
         if run("memory") {
             idle_memory().await;
+        }
+        if run("striping") {
+            // One session's ceiling: one 1024-byte message per 1 ms pacing interval.
+            let ceiling = 1024.0 / 0.001 / MB;
+            for k in [1u8, 2, 4, 8] {
+                let rate = striping(k).await;
+                let target = 0.9 * f64::from(k) * ceiling;
+                println!(
+                    "striping, {k} session(s), agent pacing 1 ms: echo {rate:.2} MB/s = {:.0} % of {:.3} MB/s   [target >= {target:.2} MB/s]",
+                    rate / (f64::from(k) * ceiling) * 100.0,
+                    f64::from(k) * ceiling,
+                );
+            }
         }
     });
 }

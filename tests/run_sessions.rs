@@ -3,72 +3,20 @@
 //! rotation ahead of a (compressed) maximum session duration never breaks a connection that
 //! is shorter than `rotate_before`.
 
+mod child;
 #[path = "../runtime/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use child::{Process, emulator, free_port, get_json};
 use ssm_tether_e2e::ssm_tether;
-
-/// Stops a child process with SIGTERM when dropped (a failing test leaves nothing behind).
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// Starts `ssm-tether emulator ARGS` and returns it with its endpoint and admin URLs.
-fn emulator(args: &[&str]) -> (Process, String, String) {
-    let mut child = ssm_tether()
-        .arg("emulator")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the emulator starts");
-    let stdout = child.stdout.take().expect("piped");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("the ready line");
-    let ready: serde_json::Value = serde_json::from_str(&line).expect("ready JSON");
-    let url = |key: &str| ready[key].as_str().expect("a URL").to_owned();
-    let (endpoint, admin) = (url("endpoint_url"), url("admin_url"));
-    (Process(child), endpoint, admin)
-}
-
-/// `GET url` (plain HTTP on loopback), the body as JSON.
-fn get_json(url: &str) -> serde_json::Value {
-    let rest = url.strip_prefix("http://").expect("http URL");
-    let (host, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
-    let mut socket = std::net::TcpStream::connect(host).expect("connect");
-    write!(
-        socket,
-        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut response = String::new();
-    socket.read_to_string(&mut response).expect("response");
-    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("JSON body ({e}): {body}"))
-}
-
-fn free_port() -> u16 {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
-    probe.local_addr().expect("addr").port()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_stripes_two_sessions_and_rotates_without_breaking_short_connections() {
     let echo = support::echo_server().await;
-    let (_emulator, endpoint, admin) = emulator(&[
+    let emulator = emulator(&[
         "--pacing",
         "0",
         "--max-session-duration",
@@ -85,12 +33,13 @@ async fn run_stripes_two_sessions_and_rotates_without_breaking_short_connections
     std::fs::write(
         &policy,
         format!(
-            "[defaults]\nregion = \"us-east-1\"\nprofile = \"test\"\nendpoint_url = \"{endpoint}\"\n\
+            "[defaults]\nregion = \"us-east-1\"\nprofile = \"test\"\nendpoint_url = \"{}\"\n\
              aws_config_file = \"config\"\naws_credentials_file = \"credentials\"\n\
              ping_interval = \"1s\"\npong_timeout = \"3s\"\n\n\
              [[tunnel]]\nname = \"echo\"\ntarget = \"i-0123456789abcdef0\"\nremote_port = {echo}\n\
              local = \"127.0.0.1:{port}\"\nsessions = 2\nmax_session_duration = \"6s\"\n\
-             rotate_before = \"2s\"\n"
+             rotate_before = \"2s\"\n",
+            emulator.endpoint
         ),
     )
     .expect("policy");
@@ -115,14 +64,7 @@ async fn run_stripes_two_sessions_and_rotates_without_breaking_short_connections
         .expect("run starts");
     let mut run = Process(run);
     let stderr = run.0.stderr.take().expect("piped");
-    let log = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            lines.push(line);
-        }
-        lines
-    });
+    let log = child::collect_lines(stderr);
     let local = format!("127.0.0.1:{port}").parse().expect("addr");
     // Wait for the listener, then two sessions at the service.
     let started = Instant::now();
@@ -132,7 +74,7 @@ async fn run_stripes_two_sessions_and_rotates_without_breaking_short_connections
     }
     let mut active = 0;
     while started.elapsed() < Duration::from_secs(30) {
-        let sessions = get_json(&format!("{admin}/sessions"));
+        let sessions = get_json(&format!("{}/sessions", emulator.admin));
         active = sessions
             .as_array()
             .expect("a list")

@@ -1,4 +1,4 @@
-//! The AWS-owned port-forwarding session documents and their parameter substitution
+//! The AWS-owned Port session documents (port forwarding and SSH) and their parameter substitution
 //! (docs/protocol.md §7).
 //!
 //! The real documents live in the SSM service; the definitions here are the widely published
@@ -70,6 +70,16 @@ const DOCUMENTS: &[Document] = &[
             ("type", "LocalPortForwarding"),
             ("localPortNumber", "{{ localPortNumber }}"),
         ],
+    },
+    // A Port session without `type`: the client forwards it over stdin/stdout.
+    Document {
+        name: "AWS-StartSSHSession",
+        parameters: &[Parameter {
+            name: "portNumber",
+            default: Some("22"),
+            check: Check::Port { min: 1 },
+        }],
+        properties: &[("portNumber", "{{ portNumber }}")],
     },
 ];
 

@@ -7,8 +7,14 @@ use clap::Parser;
 mod cli;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
-    match cli::run(args) {
+    let mut argv = std::env::args_os();
+    // A link named `session-manager-plugin`: the AWS CLI's argument convention, not clap's.
+    let result = if cli::drop_in::invoked_as_plugin(argv.next().as_ref()) {
+        cli::drop_in::run(&argv.collect::<Vec<_>>())
+    } else {
+        cli::run(cli::Cli::parse())
+    };
+    match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("ssm-tether: {err:#}");

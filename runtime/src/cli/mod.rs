@@ -7,9 +7,11 @@ use clap::{Parser, Subcommand};
 mod check;
 #[cfg(feature = "emulator")]
 mod demo;
+pub(crate) mod drop_in;
 #[cfg(feature = "emulator")]
 mod emulator;
 mod frame;
+mod install;
 mod plugin;
 mod run;
 
@@ -56,6 +58,16 @@ enum Command {
     /// Run a local SSM service and agent emulator with fault injection (no AWS needed).
     #[cfg(feature = "emulator")]
     Emulator(ssm_emulator::cli::EmulatorArgs),
+    /// Act as the AWS CLI's `session-manager-plugin` (what a link of that name runs):
+    /// RESPONSE REGION OPERATION PROFILE PARAMETERS ENDPOINT, `--version`, or nothing.
+    #[command(name = "session-manager-plugin")]
+    SessionManagerPlugin {
+        /// The arguments the AWS CLI passes.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
+    /// Link `session-manager-plugin` to this binary so that `aws ssm start-session` uses it.
+    InstallPlugin(install::InstallArgs),
 }
 
 /// Runs the parsed command and returns the process exit status.
@@ -69,13 +81,20 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin(command) => plugin::run(command),
         #[cfg(feature = "emulator")]
         Command::Emulator(args) => emulator::run(args),
+        Command::SessionManagerPlugin { args } => drop_in::run(&args),
+        Command::InstallPlugin(args) => install::run(&args),
     }
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default (`info`).
 pub(crate) fn init_logging() {
+    init_logging_with("info");
+}
+
+/// Logs to stderr; `RUST_LOG` overrides `default` (an `EnvFilter` directive).
+pub(crate) fn init_logging_with(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // A second initialisation (tests) is harmless.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -99,4 +118,13 @@ pub(crate) fn shutdown_signal() -> anyhow::Result<impl Future<Output = &'static 
             _ = interrupt.recv() => "SIGINT",
         }
     })
+}
+
+/// Jitter seed for the tunnel at `index`: different across tunnels and runs, so a fleet does
+/// not retry in lockstep.
+pub(crate) fn jitter_seed(index: usize) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    u64::from(nanos) ^ ((index as u64) << 32) ^ u64::from(std::process::id())
 }

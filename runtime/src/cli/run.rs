@@ -43,7 +43,7 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
         };
         let mut tunnels = Vec::new();
         for (index, spec) in policy.tunnels.iter().enumerate() {
-            let mut config = TunnelConfig::from_spec(spec, rand_seed(index));
+            let mut config = TunnelConfig::from_spec(spec, super::jitter_seed(index));
             if let Some(receiver) = plugins.remove(&spec.name) {
                 config.plugins = receiver;
             }
@@ -165,13 +165,4 @@ async fn log_events(mut events: broadcast::Receiver<TunnelEvent>) {
             _ => {}
         }
     }
-}
-
-/// Per-tunnel jitter seed: different across tunnels and runs, so a fleet does not retry in
-/// lockstep.
-fn rand_seed(index: usize) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    u64::from(nanos) ^ ((index as u64) << 32) ^ u64::from(std::process::id())
 }

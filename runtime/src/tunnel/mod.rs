@@ -25,7 +25,9 @@ use self::core::{Core, CoreConfig, Stopped};
 use crate::channel::ChannelConfig;
 use crate::events::{EventKind, TunnelEvent, TunnelStatus};
 use crate::plugin::{TcpTarget, TunnelPlugins};
-use crate::policy::{LocalAddress, RotationSettings, SlowReaderSettings, TunnelSpec};
+use crate::policy::{
+    LocalAddress, RotationSettings, SlowReaderSettings, TransportSettings, TunnelSpec,
+};
 use crate::recovery::RecoverySettings;
 pub use api::{SessionApi, StartRequest};
 
@@ -79,27 +81,54 @@ pub fn no_plugins() -> watch::Receiver<Arc<TunnelPlugins>> {
 }
 
 impl TunnelConfig {
+    /// A tunnel that starts its sessions with `start` and accepts connections on `local`,
+    /// with every other setting at its built-in default (one session, no rotation, the
+    /// built-in recovery policy, no plugins).
+    pub fn new(
+        name: impl Into<String>,
+        start: StartRequest,
+        local: LocalAddress,
+        seed: u64,
+    ) -> Self {
+        let transport = TransportSettings::default();
+        Self {
+            name: name.into(),
+            target: start.target,
+            document_name: start.document_name,
+            parameters: start.parameters,
+            reason: start.reason,
+            local,
+            sessions: 1,
+            rotation: None,
+            slow_reader: SlowReaderSettings::default(),
+            ping_interval: transport.ping_interval,
+            pong_timeout: transport.pong_timeout,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            handshake_timeout: core::DEFAULT_HANDSHAKE_TIMEOUT,
+            smux_keepalive: core::SMUX_KEEPALIVE,
+            recovery: RecoverySettings::default(),
+            channel: ChannelConfig::default(),
+            seed,
+            plugins: no_plugins(),
+        }
+    }
+
     /// The runtime configuration of a tunnel from the policy file.
     pub fn from_spec(spec: &TunnelSpec, seed: u64) -> Self {
-        Self {
-            name: spec.name.clone(),
+        let start = StartRequest {
             target: spec.target.clone(),
             document_name: spec.document_name().to_owned(),
             parameters: spec.parameters(),
             reason: spec.reason.clone(),
-            local: spec.local.clone(),
+        };
+        Self {
             sessions: spec.sessions,
             rotation: spec.rotation,
             slow_reader: spec.slow_reader,
             ping_interval: spec.transport.ping_interval,
             pong_timeout: spec.transport.pong_timeout,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            handshake_timeout: core::DEFAULT_HANDSHAKE_TIMEOUT,
-            smux_keepalive: core::SMUX_KEEPALIVE,
             recovery: spec.recovery,
-            channel: ChannelConfig::default(),
-            seed,
-            plugins: no_plugins(),
+            ..Self::new(spec.name.clone(), start, spec.local.clone(), seed)
         }
     }
 

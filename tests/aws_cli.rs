@@ -190,24 +190,19 @@ async fn aws_start_session_port_forwarding_survives_recycles_and_a_termination()
             ))
         })
         .collect();
-    let mut short = Vec::new();
-    let until = Instant::now() + Duration::from_secs(9);
-    while Instant::now() < until {
-        let seed = 100 + short.len() as u64;
-        short.push(tokio::spawn(support::echo_for(
-            local,
-            seed,
-            Duration::from_millis(800),
-            32 * 1024,
-        )));
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    for (i, handle) in long.into_iter().chain(short).enumerate() {
+    support::assert_short_connections_survive(
+        local,
+        Duration::from_secs(9),
+        Duration::from_millis(500),
+        Duration::from_millis(800),
+    )
+    .await;
+    for (i, handle) in long.into_iter().enumerate() {
         let (sent, received, bytes) = handle
             .await
-            .unwrap_or_else(|_| panic!("connection {i} broke"));
-        assert_eq!(sent, received, "connection {i}");
-        assert!(bytes > 0, "connection {i} carried bytes");
+            .unwrap_or_else(|_| panic!("long connection {i} broke"));
+        assert_eq!(sent, received, "long connection {i}");
+        assert!(bytes > 0, "long connection {i} carried bytes");
     }
 
     // The service ends the session: a new one is started from the CLI's request, on the

@@ -89,25 +89,13 @@ async fn run_stripes_two_sessions_and_rotates_without_breaking_short_connections
     assert!(active >= 2, "two sessions connected at the service");
     // A new one-second echo connection every 250 ms across four session lifetimes, through
     // recycles every 2 s: none may break.
-    let mut short = Vec::new();
-    let until = Instant::now() + Duration::from_secs(24);
-    while Instant::now() < until {
-        let seed = short.len() as u64;
-        short.push(tokio::spawn(support::echo_for(
-            local,
-            seed,
-            Duration::from_secs(1),
-            32 * 1024,
-        )));
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let total = short.len();
-    for (i, handle) in short.into_iter().enumerate() {
-        let (sent, received, _) = handle
-            .await
-            .unwrap_or_else(|_| panic!("short connection {i} of {total} broke"));
-        assert_eq!(sent, received, "short connection {i}");
-    }
+    support::assert_short_connections_survive(
+        local,
+        Duration::from_secs(24),
+        Duration::from_millis(250),
+        Duration::from_secs(1),
+    )
+    .await;
     let _ = Command::new("kill")
         .args(["-TERM", &run.0.id().to_string()])
         .status();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ssm_emulator::faults::SideSelection;
 use ssm_tether::events::{CloseReason, EventKind, SessionRole, TunnelEvent};
 use ssm_tether::policy::{LocalAddress, RotationSettings, SlowReaderSettings};
-use support::{Rig, echo_for, wait_event};
+use support::{Rig, wait_event};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::broadcast;
@@ -226,24 +226,13 @@ async fn rotation_never_breaks_a_short_connection_and_never_makes_one_wait() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let mut short = Vec::new();
-    let until = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < until {
-        short.push(tokio::spawn(echo_for(
-            local,
-            short.len() as u64,
-            Duration::from_secs(2),
-            32 * 1024,
-        )));
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let total = short.len();
-    for (i, handle) in short.into_iter().enumerate() {
-        let (sent, received, _) = handle
-            .await
-            .unwrap_or_else(|_| panic!("short connection {i} of {total} broke"));
-        assert_eq!(sent, received, "short connection {i}");
-    }
+    support::assert_short_connections_survive(
+        local,
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        Duration::from_secs(2),
+    )
+    .await;
     let trips = tokio::time::timeout(LIMIT, long)
         .await
         .expect("ended")

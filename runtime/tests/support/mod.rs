@@ -250,6 +250,32 @@ pub async fn assert_streams_survive(
     total
 }
 
+/// Opens a new echo connection lasting `each` (32 KiB/s) every `every` for `window`, then
+/// asserts that every one of them came back whole. Returns how many there were.
+pub async fn assert_short_connections_survive(
+    local: SocketAddr,
+    window: Duration,
+    every: Duration,
+    each: Duration,
+) -> usize {
+    let mut short = Vec::new();
+    let until = tokio::time::Instant::now() + window;
+    while tokio::time::Instant::now() < until {
+        // Seeds apart from assert_streams_survive's, so that no two streams share a pattern.
+        let seed = 1_000 + short.len() as u64;
+        short.push(tokio::spawn(echo_for(local, seed, each, 32 * 1024)));
+        tokio::time::sleep(every).await;
+    }
+    let total = short.len();
+    for (i, handle) in short.into_iter().enumerate() {
+        let (sent, received, _) = handle
+            .await
+            .unwrap_or_else(|_| panic!("short connection {i} of {total} broke"));
+        assert_eq!(sent, received, "short connection {i}");
+    }
+    total
+}
+
 /// The next tunnel event matching `matches`, or a panic naming `what` after `timeout`.
 pub async fn wait_event(
     events: &mut tokio::sync::broadcast::Receiver<ssm_tether::events::TunnelEvent>,

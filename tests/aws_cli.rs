@@ -325,64 +325,48 @@ fn the_link_speaks_the_plugin_contract() {
 
 #[test]
 fn argument_errors_are_one_line_without_the_token() {
-    let workspace = Workspace::new();
-    let request = r#"{"Target":"i-1","DocumentName":"AWS-StartPortForwardingSession"}"#;
-    let no_url = r#"{"SessionId":"s-1","TokenValue":"tok-SECRET"}"#;
-    let no_id = r#"{"TokenValue":"tok-SECRET","StreamUrl":"ws://127.0.0.1:9/x"}"#;
+    const ENV_NAME: &str = "AWS_SSM_START_SESSION_RESPONSE";
+    const NO_URL: &str = r#"{"SessionId":"s-1","TokenValue":"tok-SECRET"}"#;
+    const NO_ID: &str = r#"{"TokenValue":"tok-SECRET","StreamUrl":"ws://127.0.0.1:9/x"}"#;
+    const REQUEST: &str = r#"{"Target":"i-1","DocumentName":"AWS-StartPortForwardingSession"}"#;
+    // The six arguments as the AWS CLI passes them, with `response` first.
+    let call = |response: &'static str| {
+        vec![
+            response,
+            "us-east-1",
+            "StartSession",
+            "",
+            REQUEST,
+            "http://127.0.0.1:9",
+        ]
+    };
     // (arguments, environment, what stderr must say)
-    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: &[Case<'_>] = &[
-        (&["a", "b"], &[], "expected 6 arguments"),
+    type Case = (
+        Vec<&'static str>,
+        &'static [(&'static str, &'static str)],
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
+        (vec!["a", "b"], &[], "expected 6 arguments"),
         (
-            &[
-                "AWS_SSM_START_SESSION_RESPONSE",
-                "us-east-1",
-                "StartSession",
-                "",
-                request,
-                "http://127.0.0.1:9",
-            ],
+            call(ENV_NAME),
             &[],
             "names the environment variable AWS_SSM_START_SESSION_RESPONSE, which is not set",
         ),
         (
-            &[
-                "AWS_SSM_START_SESSION_RESPONSE",
-                "us-east-1",
-                "StartSession",
-                "",
-                request,
-                "http://127.0.0.1:9",
-            ],
-            &[("AWS_SSM_START_SESSION_RESPONSE", no_url)],
+            call(ENV_NAME),
+            &[(ENV_NAME, NO_URL)],
             "no string field \"StreamUrl\"",
         ),
         (
-            &[
-                "{\"TokenValue\":\"tok-SECRET\"",
-                "us-east-1",
-                "StartSession",
-                "",
-                request,
-                "http://127.0.0.1:9",
-            ],
+            call("{\"TokenValue\":\"tok-SECRET\""),
             &[],
             "is not a JSON object",
         ),
-        (
-            &[
-                no_id,
-                "us-east-1",
-                "StartSession",
-                "",
-                request,
-                "http://127.0.0.1:9",
-            ],
-            &[],
-            "no string field \"SessionId\"",
-        ),
+        (call(NO_ID), &[], "no string field \"SessionId\""),
     ];
-    for (args, env, expected) in cases {
+    let workspace = Workspace::new();
+    for (args, env, expected) in &cases {
         let output = plugin(&workspace, args, env);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");

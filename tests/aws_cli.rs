@@ -18,6 +18,8 @@ use child::{Emulator, Process, collect_lines, emulator, free_port, get_json, htt
 use ssm_tether_e2e::ssm_tether;
 
 const TARGET: &str = "i-0123456789abcdef0";
+/// The secret access key the AWS CLI and the plugin get: it must never reach a log.
+const SECRET_KEY: &str = "SECRET-awscli-suite";
 
 /// The AWS CLI, installed on first use; `None` (with a loud message) where it cannot be.
 fn aws_cli() -> Option<PathBuf> {
@@ -78,7 +80,7 @@ impl Workspace {
         command
             .env("PATH", std::env::join_paths(paths).expect("PATH"))
             .env("AWS_ACCESS_KEY_ID", "AKIDAWSCLI")
-            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
             .env("AWS_DEFAULT_REGION", "us-east-1")
             .env("AWS_CONFIG_FILE", self.dir.path().join("no-config"))
             .env(
@@ -145,6 +147,8 @@ async fn aws_start_session_port_forwarding_survives_recycles_and_a_termination()
             "AWS-StartPortForwardingSession",
         ])
         .args(["--parameters", &parameters])
+        // Every log line the plugin can write, to prove that none carries a secret.
+        .env("RUST_LOG", "trace")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -231,6 +235,18 @@ async fn aws_start_session_port_forwarding_survives_recycles_and_a_termination()
         !stderr.iter().any(|l| l.contains("outdated")),
         "no outdated-plugin warning: {stderr:?}"
     );
+    // Tokens (StartSession/ResumeSession responses, the OpenDataChannel frame), signatures,
+    // the StreamUrl's query and the secret key stay out of even a trace-level log.
+    for secret in [
+        "TokenValue",
+        "Signature=",
+        "cell-number=",
+        "X-Amz-Security-Token",
+        SECRET_KEY,
+    ] {
+        let leaked: Vec<_> = stderr.iter().filter(|l| l.contains(secret)).collect();
+        assert!(leaked.is_empty(), "{secret} in the log: {leaked:?}");
+    }
     let stdout = stdout.join().expect("stdout");
     assert!(
         stdout

@@ -92,18 +92,46 @@ pub(crate) fn init_logging() {
 }
 
 /// Logs to stderr; `RUST_LOG` overrides `default` (an `EnvFilter` directive).
+///
+/// Whatever `RUST_LOG` says, the libraries that see secrets are held at `debug`: at `trace`
+/// the WebSocket library prints the upgrade request (signed URL, `Authorization`) and every
+/// frame (the OpenDataChannel token), and the AWS SDK prints response bodies (StartSession's
+/// and ResumeSession's `TokenValue`).
 pub(crate) fn init_logging_with(default: &str) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, fmt};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // A second initialisation (tests) is harmless.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let secrets = SECRET_SEEING_TARGETS.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |targets, target| targets.with_target(*target, LevelFilter::DEBUG),
+    );
+    let layer = fmt::layer()
         .with_writer(std::io::stderr)
         // Its default reports a failed write with `eprintln!`, which panics when stderr is a
         // closed pipe: a daemon whose log reader went away must keep its tunnels up.
         .log_internal_errors(false)
-        .try_init();
+        .with_filter(filter)
+        .with_filter(secrets);
+    // A second initialisation (tests) is harmless.
+    let _ = tracing_subscriber::registry().with(layer).try_init();
 }
+
+/// Crates whose `trace` output carries tokens, credentials or signed URLs.
+const SECRET_SEEING_TARGETS: &[&str] = &[
+    "tungstenite",
+    "tokio_tungstenite",
+    "aws_smithy_runtime",
+    "aws_smithy_runtime_api",
+    "aws_smithy_http_client",
+    "aws_sigv4",
+    "aws_config",
+    "hyper",
+    "hyper_util",
+    "h2",
+];
 
 /// Handles SIGINT and SIGTERM from now on; the future resolves with the signal's name.
 /// Registering early matters: until then either signal ends the process without terminating

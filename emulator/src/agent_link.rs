@@ -46,6 +46,7 @@ pub(crate) fn spawn(start: AgentStart) -> AgentHandle {
         pong_wait: start.settings.pong_wait,
         smux_keepalive_interval: start.settings.smux_keepalive_interval,
         smux_keepalive_timeout: start.settings.smux_keepalive_timeout,
+        default_host: start.settings.default_host,
         seed: start.seed,
         controls: start.controls,
         events: start.events,

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::documents;
 use crate::events::Event;
 use crate::faults::ResumeFailCode;
 use crate::service::{Service, Termination};
@@ -172,7 +171,9 @@ fn start_session(service: &Arc<Service>, body: Value) -> ApiResult {
             format!("{target} is not connected."),
         ));
     }
-    let document = documents::resolve(&document_name, &parameters)
+    let document = service
+        .documents
+        .resolve(&document_name, &parameters)
         .map_err(|e| ApiError::new("InvalidDocument", e.to_string()))?;
     let (session, token) = service.start_session(&target, document);
     Ok((

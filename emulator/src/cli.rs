@@ -2,6 +2,7 @@
 //!
 //! Precedence: built-in defaults, then the scenario file, then flags.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::config::{AgentSettings, EmulatorConfig};
+use crate::documents::{SessionDocument, is_host};
 use crate::events::EventLog;
 use crate::faults::{FaultSettings, ResumeFailCode, SideSelection};
 use crate::server::Emulator;
@@ -29,9 +31,14 @@ pub struct EmulatorArgs {
     /// Seed of the RNG behind every random choice, for reproducible runs [default: 0].
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
-    /// JSON scenario file: {"seed": N, "agent": {...}, "faults": {...}} (see the README).
+    /// JSON scenario file: {"seed": N, "agent": {...}, "documents": {...}, "faults": {...}}
+    /// (see the README).
     #[arg(long, value_name = "FILE")]
     pub scenario: Option<PathBuf>,
+    /// A custom Port session document (SSM document JSON content) StartSession accepts as
+    /// NAME; repeatable. Replaces a scenario document of the same name.
+    #[arg(long = "document", value_name = "NAME=FILE", value_parser = parse_document_flag)]
+    pub documents: Vec<DocumentFlag>,
     /// Write every event as a JSON line to FILE, or to standard output with `-`.
     #[arg(long, value_name = "FILE|-")]
     pub event_log: Option<String>,
@@ -62,6 +69,9 @@ pub struct EmulatorArgs {
     /// a frame [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub smux_keepalive_timeout: Option<Duration>,
+    /// Host the agent dials when the document properties name none [default: 127.0.0.1].
+    #[arg(long, value_name = "HOST", value_parser = parse_host)]
+    pub agent_default_host: Option<String>,
 
     /// Close data-channel sockets with 1000 "Bye" this often (per session) [default: never].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -136,6 +146,42 @@ pub struct EmulatorArgs {
     pub refuse_destination: bool,
 }
 
+/// A `--document NAME=FILE` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentFlag {
+    /// The document name StartSession uses.
+    pub name: String,
+    /// The file with the document's JSON content.
+    pub file: PathBuf,
+}
+
+impl std::fmt::Display for DocumentFlag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "--document {}={}", self.name, self.file.display())
+    }
+}
+
+fn parse_document_flag(text: &str) -> Result<DocumentFlag, String> {
+    match text.split_once('=') {
+        Some((name, file)) if !name.is_empty() && !file.is_empty() => Ok(DocumentFlag {
+            name: name.to_owned(),
+            file: PathBuf::from(file),
+        }),
+        _ => Err(format!(
+            "{text:?} is not NAME=FILE (for example My-Port-Session=doc.json)"
+        )),
+    }
+}
+
+/// A host flag value.
+fn parse_host(text: &str) -> Result<String, String> {
+    if is_host(text) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("{text:?} is not a host name or address"))
+    }
+}
+
 /// A duration flag value (`250ms`, `2s`, `1h`).
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
@@ -160,6 +206,8 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 struct Scenario {
     seed: Option<u64>,
     agent: Option<AgentSettings>,
+    /// Name → document content, validated after parsing so errors name the document.
+    documents: BTreeMap<String, serde_json::Value>,
     faults: Option<FaultSettings>,
 }
 
@@ -167,8 +215,9 @@ impl EmulatorArgs {
     /// The configuration these flags (and the scenario file they name) describe.
     ///
     /// # Errors
-    /// The scenario file cannot be read or parsed, the event log cannot be created, or the
-    /// resulting settings are out of range.
+    /// The scenario file cannot be read or parsed, a document (scenario or `--document`) cannot
+    /// be read or is invalid, the event log cannot be created, or the resulting settings are out
+    /// of range.
     pub fn to_config(&self) -> anyhow::Result<EmulatorConfig> {
         let scenario = match &self.scenario {
             Some(path) => {
@@ -179,13 +228,35 @@ impl EmulatorArgs {
             }
             None => Scenario::default(),
         };
+        let mut documents = BTreeMap::new();
+        for (name, content) in &scenario.documents {
+            let document = SessionDocument::from_value(name, content).with_context(|| {
+                let path = self.scenario.as_ref().map(|p| p.display().to_string());
+                format!(
+                    "--scenario: {} has an invalid document",
+                    path.unwrap_or_default()
+                )
+            })?;
+            documents.insert(name.clone(), document);
+        }
+        documents.extend(self.flag_documents()?);
         let mut config = EmulatorConfig {
             seed: scenario.seed.unwrap_or(0),
             agent: scenario.agent.unwrap_or_default(),
             faults: scenario.faults.unwrap_or_default(),
             ..EmulatorConfig::default()
         };
+        for document in documents.into_values() {
+            config.documents.add(document)?;
+        }
         self.apply(&mut config);
+        // Only the scenario file can get here with a bad host: the flag is checked when parsed.
+        if !is_host(&config.agent.default_host) {
+            anyhow::bail!(
+                "--scenario: agent.default_host {:?} is not a host name or address",
+                config.agent.default_host
+            );
+        }
         config
             .faults
             .validate()
@@ -200,6 +271,27 @@ impl EmulatorArgs {
             }
         };
         Ok(config)
+    }
+
+    /// The `--document` flags' documents, by name.
+    fn flag_documents(&self) -> anyhow::Result<BTreeMap<String, SessionDocument>> {
+        let mut names = std::collections::BTreeSet::new();
+        if let Some(flag) = self
+            .documents
+            .iter()
+            .find(|f| !names.insert(f.name.as_str()))
+        {
+            anyhow::bail!("--document {} is given more than once", flag.name);
+        }
+        let mut documents = BTreeMap::new();
+        for flag in &self.documents {
+            let text = std::fs::read_to_string(&flag.file)
+                .with_context(|| format!("{flag}: cannot read {}", flag.file.display()))?;
+            let document =
+                SessionDocument::parse(&flag.name, &text).with_context(|| flag.to_string())?;
+            documents.insert(flag.name.clone(), document);
+        }
+        Ok(documents)
     }
 
     fn apply(&self, config: &mut EmulatorConfig) {
@@ -226,6 +318,7 @@ impl EmulatorArgs {
             &mut agent.smux_keepalive_timeout,
             &self.smux_keepalive_timeout,
         );
+        set(&mut agent.default_host, &self.agent_default_host);
         let faults = &mut config.faults;
         if self.recycle_every.is_some() {
             faults.recycle_every = self.recycle_every;
@@ -371,6 +464,146 @@ mod tests {
         assert_eq!(config.faults.to_client.drop_rate, 0.5);
         assert_eq!(config.faults.to_agent.drop_rate, 0.25);
         assert_eq!(config.faults.resume_fail.code, ResumeFailCode::Throttling);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A fresh directory for one test's files (tests run in parallel in one process).
+    fn temp_dir(test: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("ssm-emulator-cli-{}-{test}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    fn port_document(default_port: &str) -> serde_json::Value {
+        serde_json::json!({
+            "schemaVersion": "1.0",
+            "sessionType": "Port",
+            "parameters": {"portNumber": {"type": "String", "default": default_port}},
+            "properties": {"portNumber": "{{ portNumber }}", "type": "LocalPortForwarding"}
+        })
+    }
+
+    fn resolved_port(config: &EmulatorConfig, document: &str) -> serde_json::Value {
+        config
+            .documents
+            .resolve(document, &BTreeMap::new())
+            .expect("resolves")
+            .properties["portNumber"]
+            .clone()
+    }
+
+    #[test]
+    fn document_and_default_host_flags_override_the_scenario() {
+        let dir = temp_dir("documents");
+        let scenario = dir.join("scenario.json");
+        let scenario_json = serde_json::json!({
+            "agent": {"default_host": "10.0.0.1"},
+            "documents": {"Shared-Doc": port_document("1111"), "Scenario-Doc": port_document("2222")}
+        });
+        std::fs::write(&scenario, scenario_json.to_string()).expect("write");
+        let from_scenario = parse(&["--scenario", scenario.to_str().expect("utf8")])
+            .expect("parses")
+            .to_config()
+            .expect("config");
+        assert_eq!(from_scenario.agent.default_host, "10.0.0.1");
+        assert_eq!(resolved_port(&from_scenario, "Shared-Doc"), "1111");
+
+        let file = dir.join("shared.json");
+        std::fs::write(&file, port_document("3333").to_string()).expect("write");
+        let other = dir.join("other.json");
+        std::fs::write(&other, port_document("4444").to_string()).expect("write");
+        let shared_flag = format!("Shared-Doc={}", file.display());
+        let other_flag = format!("Flag-Doc={}", other.display());
+        let args = parse(&[
+            "--scenario",
+            scenario.to_str().expect("utf8"),
+            "--document",
+            &shared_flag,
+            "--document",
+            &other_flag,
+            "--agent-default-host",
+            "localhost",
+        ])
+        .expect("parses");
+        assert_eq!(
+            args.documents[0],
+            DocumentFlag {
+                name: "Shared-Doc".to_owned(),
+                file: file.clone()
+            }
+        );
+        let config = args.to_config().expect("config");
+        assert_eq!(config.agent.default_host, "localhost");
+        assert_eq!(resolved_port(&config, "Shared-Doc"), "3333");
+        assert_eq!(resolved_port(&config, "Scenario-Doc"), "2222");
+        assert_eq!(resolved_port(&config, "Flag-Doc"), "4444");
+        assert!(
+            config
+                .documents
+                .names()
+                .any(|n| n == "AWS-StartPortForwardingSession")
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn bad_documents_name_the_flag_file_or_document() {
+        let err = parse(&["--document", "no-equals-sign"]).expect_err("error");
+        assert!(err.to_string().contains("--document"), "{err}");
+        let err = parse(&["--agent-default-host", ""]).expect_err("error");
+        assert!(err.to_string().contains("--agent-default-host"), "{err}");
+
+        let dir = temp_dir("bad-documents");
+        let shell = dir.join("shell.json");
+        let mut content = port_document("22");
+        content["sessionType"] = serde_json::json!("Standard_Stream");
+        std::fs::write(&shell, content.to_string()).expect("write");
+        let flag = format!("My-Shell={}", shell.display());
+        let err = parse(&["--document", &flag])
+            .expect("parses")
+            .to_config()
+            .expect_err("not a Port document");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains(&format!("--document {flag}"))
+                && text.contains("only Port session documents"),
+            "{text}"
+        );
+
+        let missing = format!("My-Doc={}", dir.join("missing.json").display());
+        let err = parse(&["--document", &missing])
+            .expect("parses")
+            .to_config()
+            .expect_err("no file");
+        assert!(format!("{err:#}").contains("missing.json"), "{err:#}");
+
+        let flag = format!("AWS-StartSSHSession={}", shell.display());
+        let err = parse(&["--document", &flag])
+            .expect("parses")
+            .to_config()
+            .expect_err("shadows a built-in");
+        assert!(format!("{err:#}").contains("reserved"), "{err:#}");
+
+        let twice = format!("My-Doc={}", shell.display());
+        let err = parse(&["--document", &twice, "--document", &twice])
+            .expect("parses")
+            .to_config()
+            .expect_err("twice");
+        assert!(err.to_string().contains("more than once"), "{err}");
+
+        let scenario = dir.join("scenario.json");
+        let bad = serde_json::json!({"documents": {"Bad-Doc": {"sessionType": "Port"}}});
+        std::fs::write(&scenario, bad.to_string()).expect("write");
+        let err = parse(&["--scenario", scenario.to_str().expect("utf8")])
+            .expect("parses")
+            .to_config()
+            .expect_err("invalid document");
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("--scenario") && text.contains("Bad-Doc"),
+            "{text}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

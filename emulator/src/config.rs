@@ -1,5 +1,5 @@
 //! Everything the emulator can be configured with at start: listening ports, the agent model's
-//! knobs, the seed and the initial fault settings.
+//! knobs, the seed, the session documents and the initial fault settings.
 //!
 //! Faults can also be changed while running through [`crate::faults::FaultControl`]; the rest is
 //! fixed for the life of an [`crate::Emulator`].
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::documents::Documents;
 use crate::events::EventLog;
 use crate::faults::FaultSettings;
 
@@ -25,6 +26,9 @@ pub struct EmulatorConfig {
     pub seed: u64,
     /// Knobs of the agent model started for every session.
     pub agent: AgentSettings,
+    /// The session documents StartSession accepts: the AWS-owned ones by default; register
+    /// custom ones with [`Documents::add`].
+    pub documents: Documents,
     /// Initial fault settings.
     pub faults: FaultSettings,
     /// Where events go; pass an [`EventLog`] created with a writer to get JSON lines.
@@ -39,6 +43,7 @@ impl Default for EmulatorConfig {
             admin_port: 0,
             seed: 0,
             agent: AgentSettings::default(),
+            documents: Documents::default(),
             faults: FaultSettings::default(),
             events: EventLog::default(),
         }
@@ -53,6 +58,7 @@ impl std::fmt::Debug for EmulatorConfig {
             .field("admin_port", &self.admin_port)
             .field("seed", &self.seed)
             .field("agent", &self.agent)
+            .field("documents", &self.documents)
             .field("faults", &self.faults)
             .finish_non_exhaustive()
     }
@@ -86,6 +92,9 @@ pub struct AgentSettings {
     /// frame (§6.2: 30 s). Shorter values compress the idle-tunnel tests.
     #[serde(with = "duration_text")]
     pub smux_keepalive_timeout: Duration,
+    /// The host the agent dials when the document properties name none (no `host`, or an
+    /// empty one), standing in for the real agent's local system.
+    pub default_host: String,
 }
 
 impl Default for AgentSettings {
@@ -99,6 +108,7 @@ impl Default for AgentSettings {
             pong_wait: Duration::from_secs(60),
             smux_keepalive_interval: crate::agent::DEFAULT_SMUX_KEEPALIVE_INTERVAL,
             smux_keepalive_timeout: crate::agent::DEFAULT_SMUX_KEEPALIVE_TIMEOUT,
+            default_host: crate::agent::DEFAULT_HOST.to_owned(),
         }
     }
 }

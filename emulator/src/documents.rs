@@ -1,87 +1,53 @@
-//! The AWS-owned Port session documents (port forwarding and SSH) and their parameter substitution
-//! (docs/protocol.md §7).
+//! Session documents and their parameter substitution (docs/protocol.md §7): the AWS-owned Port
+//! documents (port forwarding and SSH) and custom Port documents written as SSM document JSON
+//! content (what `aws ssm create-document --document-type Session` takes).
 //!
-//! The real documents live in the SSM service; the definitions here are the widely published
-//! ones. Parameter regexes are approximated by numeric range checks.
+//! The real AWS-owned documents live in the SSM service; the definitions here are the widely
+//! published ones, with their port regexes approximated by numeric range checks. Every document,
+//! built-in or custom, is a [`SessionDocument`] in the one [`Documents`] registry and is resolved
+//! the same way.
 
 use std::collections::BTreeMap;
 
+use regex_lite::Regex;
+use serde::Deserialize;
 use serde_json::Value;
 
-/// One session document the emulator knows.
-#[derive(Debug)]
-struct Document {
-    name: &'static str,
-    parameters: &'static [Parameter],
-    /// `properties` with `{{ name }}` placeholders, in the published key order.
-    properties: &'static [(&'static str, &'static str)],
+/// Names with this prefix belong to AWS-owned documents, in the real service as here.
+const AWS_PREFIX: &str = "AWS-";
+
+/// A session document: declared parameters and a `properties` template.
+///
+/// Custom documents are made with [`SessionDocument::parse`] or [`SessionDocument::from_value`],
+/// which validate them completely, so a document in a [`Documents`] registry always resolves
+/// or fails with a parameter error.
+#[derive(Debug, Clone)]
+pub struct SessionDocument {
+    name: String,
+    parameters: Vec<Parameter>,
+    /// `properties` with `{{ name }}` placeholders.
+    properties: Vec<(String, String)>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Parameter {
-    name: &'static str,
-    default: Option<&'static str>,
-    check: Check,
+    name: String,
+    /// `None`: the parameter is required.
+    default: Option<String>,
+    checks: Vec<Check>,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Check {
+    /// A port number in `min..=65535`.
     Port { min: u32 },
+    /// A host name or address.
     Host,
+    /// A custom document's `allowedPattern`.
+    Pattern(Regex),
+    /// A custom document's `allowedValues`.
+    OneOf(Vec<String>),
 }
-
-const PORT_PARAMETERS: &[Parameter] = &[
-    Parameter {
-        name: "portNumber",
-        default: Some("80"),
-        check: Check::Port { min: 1 },
-    },
-    Parameter {
-        name: "localPortNumber",
-        default: Some("0"),
-        check: Check::Port { min: 0 },
-    },
-];
-
-const DOCUMENTS: &[Document] = &[
-    Document {
-        name: "AWS-StartPortForwardingSession",
-        parameters: PORT_PARAMETERS,
-        properties: &[
-            ("portNumber", "{{ portNumber }}"),
-            ("type", "LocalPortForwarding"),
-            ("localPortNumber", "{{ localPortNumber }}"),
-        ],
-    },
-    Document {
-        name: "AWS-StartPortForwardingSessionToRemoteHost",
-        parameters: &[
-            Parameter {
-                name: "host",
-                default: None,
-                check: Check::Host,
-            },
-            PORT_PARAMETERS[0],
-            PORT_PARAMETERS[1],
-        ],
-        properties: &[
-            ("host", "{{ host }}"),
-            ("portNumber", "{{ portNumber }}"),
-            ("type", "LocalPortForwarding"),
-            ("localPortNumber", "{{ localPortNumber }}"),
-        ],
-    },
-    // A Port session without `type`: the client forwards it over stdin/stdout.
-    Document {
-        name: "AWS-StartSSHSession",
-        parameters: &[Parameter {
-            name: "portNumber",
-            default: Some("22"),
-            check: Check::Port { min: 1 },
-        }],
-        properties: &[("portNumber", "{{ portNumber }}")],
-    },
-];
 
 /// Why a document could not be resolved; the API maps every variant to `InvalidDocument`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,7 +72,82 @@ pub enum DocumentError {
         /// The offending value.
         value: String,
         /// The constraint.
-        why: &'static str,
+        why: String,
+    },
+}
+
+/// Why a custom document was rejected when it was loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DocumentLoadError {
+    /// The name is not a valid SSM document name.
+    #[error("document name {0:?} is not valid: use 3 to 128 letters, digits, '_', '-' or '.'")]
+    InvalidName(String),
+    /// The name has the `AWS-` prefix of the AWS-owned documents.
+    #[error("document {0}: the name is reserved, AWS- names belong to AWS-owned documents")]
+    ReservedName(String),
+    /// A registry already has a document with this name.
+    #[error("document {0} is defined more than once")]
+    Duplicate(String),
+    /// The content is not JSON, not an object, lacks a key, has an unknown key or a value of
+    /// the wrong type.
+    #[error("document {document}: {reason}")]
+    Malformed {
+        /// The document.
+        document: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `schemaVersion` is not the Session documents' `1.0`.
+    #[error("document {document}: schemaVersion {version:?} is not supported, use \"1.0\"")]
+    UnsupportedSchemaVersion {
+        /// The document.
+        document: String,
+        /// The version found.
+        version: String,
+    },
+    /// `sessionType` is not `Port`.
+    #[error(
+        "document {document}: sessionType {session_type:?} is not supported, only Port session documents are emulated"
+    )]
+    UnsupportedSessionType {
+        /// The document.
+        document: String,
+        /// The session type found.
+        session_type: String,
+    },
+    /// A parameter definition is malformed, unsupported or contradicts itself.
+    #[error("document {document}: parameter {parameter}: {reason}")]
+    InvalidParameter {
+        /// The document.
+        document: String,
+        /// The parameter.
+        parameter: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A parameter's `allowedPattern` is not a valid regular expression.
+    #[error(
+        "document {document}: parameter {parameter}: allowedPattern {pattern:?} is not a valid regular expression: {error}"
+    )]
+    InvalidPattern {
+        /// The document.
+        document: String,
+        /// The parameter.
+        parameter: String,
+        /// The pattern.
+        pattern: String,
+        /// The regex compiler's message.
+        error: String,
+    },
+    /// A property value is not a string, number or boolean, or names an undeclared parameter.
+    #[error("document {document}: property {property}: {reason}")]
+    InvalidProperty {
+        /// The document.
+        document: String,
+        /// The property.
+        property: String,
+        /// What is wrong.
+        reason: String,
     },
 }
 
@@ -119,123 +160,466 @@ pub struct ResolvedDocument {
     pub properties: BTreeMap<String, Value>,
 }
 
-/// Looks up `name` (a plain name or a document ARN) and substitutes `parameters` (name → list
-/// of strings, as StartSession takes them) into its properties.
-pub fn resolve(
-    name: &str,
-    parameters: &BTreeMap<String, Vec<String>>,
-) -> Result<ResolvedDocument, DocumentError> {
-    // `arn:aws:ssm:us-east-1::document/AWS-StartPortForwardingSession` names the same document.
-    let short = if name.starts_with("arn:") {
-        name.rsplit('/').next().unwrap_or(name)
-    } else {
-        name
-    };
-    let document = DOCUMENTS
-        .iter()
-        .find(|d| d.name == short)
-        .ok_or_else(|| DocumentError::Unknown(name.to_owned()))?;
-    if let Some(unknown) = parameters
-        .keys()
-        .find(|key| !document.parameters.iter().any(|p| p.name == key.as_str()))
-    {
-        return Err(DocumentError::UnknownParameter(
-            unknown.clone(),
-            document.name.to_owned(),
-        ));
-    }
-    let mut values = BTreeMap::new();
-    for parameter in document.parameters {
-        let value = match parameters.get(parameter.name) {
-            Some(list) if list.len() == 1 => list[0].clone(),
-            Some(_) => return Err(DocumentError::NotOneValue(parameter.name.to_owned())),
-            None => match parameter.default {
-                Some(default) => default.to_owned(),
-                None => {
-                    return Err(DocumentError::MissingParameter(
-                        parameter.name.to_owned(),
-                        document.name.to_owned(),
-                    ));
-                }
-            },
-        };
-        check(parameter, &value)?;
-        values.insert(parameter.name, value);
-    }
-    let properties = document
-        .properties
-        .iter()
-        .map(|(key, template)| {
-            (
-                (*key).to_owned(),
-                Value::String(substitute(template, &values)),
-            )
-        })
-        .collect();
-    Ok(ResolvedDocument {
-        name: document.name.to_owned(),
-        properties,
-    })
+/// The documents StartSession can name: the AWS-owned Port documents and any custom ones.
+#[derive(Clone)]
+pub struct Documents {
+    by_name: BTreeMap<String, SessionDocument>,
 }
 
-fn check(parameter: &Parameter, value: &str) -> Result<(), DocumentError> {
-    let bad = |why| DocumentError::BadValue {
-        name: parameter.name.to_owned(),
-        value: value.to_owned(),
-        why,
-    };
-    match parameter.check {
-        Check::Port { min } => {
-            let port: u32 = value
-                .parse()
-                .ok()
-                .filter(|_| !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()))
-                .ok_or_else(|| bad("not a port number"))?;
-            if port < min || port > 65535 {
-                return Err(bad(if min == 0 {
-                    "must be between 0 and 65535"
-                } else {
-                    "must be between 1 and 65535"
-                }));
+impl Default for Documents {
+    /// The AWS-owned documents only.
+    fn default() -> Self {
+        Self {
+            by_name: builtin_documents()
+                .into_iter()
+                .map(|document| (document.name.clone(), document))
+                .collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Documents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.by_name.keys()).finish()
+    }
+}
+
+impl Documents {
+    /// Registers a custom document.
+    ///
+    /// # Errors
+    /// [`DocumentLoadError::Duplicate`] if a document of that name is already registered.
+    pub fn add(&mut self, document: SessionDocument) -> Result<(), DocumentLoadError> {
+        if self.by_name.contains_key(&document.name) {
+            return Err(DocumentLoadError::Duplicate(document.name));
+        }
+        self.by_name.insert(document.name.clone(), document);
+        Ok(())
+    }
+
+    /// The names of every registered document, built-in and custom, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+
+    /// Looks up `name` (a plain name or a document ARN) and substitutes `parameters` (name →
+    /// list of strings, as StartSession takes them) into its properties.
+    ///
+    /// # Errors
+    /// The document is unknown, or a parameter is undeclared, missing, repeated or invalid.
+    pub fn resolve(
+        &self,
+        name: &str,
+        parameters: &BTreeMap<String, Vec<String>>,
+    ) -> Result<ResolvedDocument, DocumentError> {
+        // `arn:aws:ssm:us-east-1::document/AWS-StartPortForwardingSession` names the same
+        // document.
+        let short = if name.starts_with("arn:") {
+            name.rsplit('/').next().unwrap_or(name)
+        } else {
+            name
+        };
+        let document = self
+            .by_name
+            .get(short)
+            .ok_or_else(|| DocumentError::Unknown(name.to_owned()))?;
+        document.resolve(parameters)
+    }
+}
+
+impl SessionDocument {
+    /// A custom document from its JSON text.
+    ///
+    /// # Errors
+    /// The text is not JSON, or see [`SessionDocument::from_value`].
+    pub fn parse(name: &str, text: &str) -> Result<Self, DocumentLoadError> {
+        let content: Value =
+            serde_json::from_str(text).map_err(|e| DocumentLoadError::Malformed {
+                document: name.to_owned(),
+                reason: format!("not valid JSON: {e}"),
+            })?;
+        Self::from_value(name, &content)
+    }
+
+    /// A custom document from its JSON content: `schemaVersion` `"1.0"`, `sessionType`
+    /// `"Port"`, `parameters` (each with optional `type` `"String"`, `default`,
+    /// `allowedPattern`, `allowedValues`, `description`), `properties` and an optional
+    /// `description`. Any other key is an error.
+    ///
+    /// # Errors
+    /// The name is invalid or reserved, or the content is malformed or not a Port document.
+    pub fn from_value(name: &str, content: &Value) -> Result<Self, DocumentLoadError> {
+        check_name(name)?;
+        let malformed = |reason: String| DocumentLoadError::Malformed {
+            document: name.to_owned(),
+            reason,
+        };
+        let content = Content::deserialize(content).map_err(|e| malformed(e.to_string()))?;
+        if content.schema_version != "1.0" {
+            return Err(DocumentLoadError::UnsupportedSchemaVersion {
+                document: name.to_owned(),
+                version: content.schema_version,
+            });
+        }
+        if content.session_type != "Port" {
+            return Err(DocumentLoadError::UnsupportedSessionType {
+                document: name.to_owned(),
+                session_type: content.session_type,
+            });
+        }
+        let parameters = content
+            .parameters
+            .iter()
+            .map(|(parameter, definition)| load_parameter(name, parameter, definition))
+            .collect::<Result<Vec<_>, _>>()?;
+        let properties = content
+            .properties
+            .iter()
+            .map(|(property, value)| load_property(name, &parameters, property, value))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            name: name.to_owned(),
+            parameters,
+            properties,
+        })
+    }
+
+    /// The document name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn resolve(
+        &self,
+        parameters: &BTreeMap<String, Vec<String>>,
+    ) -> Result<ResolvedDocument, DocumentError> {
+        if let Some(unknown) = parameters
+            .keys()
+            .find(|key| !self.parameters.iter().any(|p| p.name == **key))
+        {
+            return Err(DocumentError::UnknownParameter(
+                unknown.clone(),
+                self.name.clone(),
+            ));
+        }
+        let mut values = BTreeMap::new();
+        for parameter in &self.parameters {
+            let value = match parameters.get(&parameter.name) {
+                Some(list) => match list.as_slice() {
+                    [one] => one.clone(),
+                    _ => return Err(DocumentError::NotOneValue(parameter.name.clone())),
+                },
+                None => match &parameter.default {
+                    Some(default) => default.clone(),
+                    None => {
+                        return Err(DocumentError::MissingParameter(
+                            parameter.name.clone(),
+                            self.name.clone(),
+                        ));
+                    }
+                },
+            };
+            parameter.check(&value)?;
+            values.insert(parameter.name.as_str(), value);
+        }
+        let properties = self
+            .properties
+            .iter()
+            .map(|(key, template)| (key.clone(), Value::String(substitute(template, &values))))
+            .collect();
+        Ok(ResolvedDocument {
+            name: self.name.clone(),
+            properties,
+        })
+    }
+}
+
+impl Parameter {
+    fn check(&self, value: &str) -> Result<(), DocumentError> {
+        let bad = |why: String| DocumentError::BadValue {
+            name: self.name.clone(),
+            value: value.to_owned(),
+            why,
+        };
+        for check in &self.checks {
+            match check {
+                Check::Port { min } => {
+                    let port: u32 = value
+                        .parse()
+                        .ok()
+                        .filter(|_| !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()))
+                        .ok_or_else(|| bad("not a port number".to_owned()))?;
+                    if port < *min || port > 65535 {
+                        return Err(bad(format!("must be between {min} and 65535")));
+                    }
+                }
+                Check::Host => {
+                    if !is_host(value) {
+                        return Err(bad("not a host name or address".to_owned()));
+                    }
+                }
+                Check::Pattern(regex) => {
+                    if !regex.is_match(value) {
+                        return Err(bad(format!(
+                            "must match the allowed pattern {}",
+                            regex.as_str()
+                        )));
+                    }
+                }
+                Check::OneOf(allowed) => {
+                    if !allowed.iter().any(|a| a == value) {
+                        return Err(bad(format!("must be one of {allowed:?}")));
+                    }
+                }
             }
         }
-        Check::Host => {
-            if value.is_empty() || value.len() > 255 || value.chars().any(char::is_whitespace) {
-                return Err(bad("not a host name or address"));
-            }
-        }
+        Ok(())
+    }
+}
+
+/// Whether `value` can be a host name or address: what the built-in `host` parameter accepts
+/// and what the agent's default host must be.
+pub(crate) fn is_host(value: &str) -> bool {
+    !value.is_empty() && value.len() <= 255 && !value.chars().any(char::is_whitespace)
+}
+
+/// The JSON content of a custom document.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Content {
+    schema_version: String,
+    #[serde(default, rename = "description")]
+    _description: Option<String>,
+    session_type: String,
+    #[serde(default)]
+    parameters: BTreeMap<String, Value>,
+    properties: serde_json::Map<String, Value>,
+}
+
+/// One parameter definition of a custom document; read per parameter so errors can name it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ParameterContent {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    default: Option<String>,
+    #[serde(default)]
+    allowed_pattern: Option<String>,
+    #[serde(default)]
+    allowed_values: Option<Vec<String>>,
+    #[serde(default, rename = "description")]
+    _description: Option<String>,
+}
+
+fn check_name(name: &str) -> Result<(), DocumentLoadError> {
+    // StartSession only accepts names like this, so any other name could never be used.
+    let valid = (3..=128).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c));
+    if !valid {
+        return Err(DocumentLoadError::InvalidName(name.to_owned()));
+    }
+    let reserved = name
+        .get(..AWS_PREFIX.len())
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case(AWS_PREFIX));
+    if reserved {
+        return Err(DocumentLoadError::ReservedName(name.to_owned()));
     }
     Ok(())
 }
 
-/// Replaces `{{ name }}` (spaces optional) with the parameter's value.
-fn substitute(template: &str, values: &BTreeMap<&str, String>) -> String {
-    let mut out = String::with_capacity(template.len());
+fn load_parameter(
+    document: &str,
+    name: &str,
+    definition: &Value,
+) -> Result<Parameter, DocumentLoadError> {
+    let invalid = |reason: String| DocumentLoadError::InvalidParameter {
+        document: document.to_owned(),
+        parameter: name.to_owned(),
+        reason,
+    };
+    // Placeholders are matched by trimmed name, so a name with spaces or braces could not be
+    // referred to.
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    {
+        return Err(invalid(
+            "parameter names use letters, digits, '_', '-' and '.'".to_owned(),
+        ));
+    }
+    let content = ParameterContent::deserialize(definition).map_err(|e| invalid(e.to_string()))?;
+    if let Some(kind) = content.kind.as_deref().filter(|kind| *kind != "String") {
+        return Err(invalid(format!(
+            "type {kind:?} is not supported, only String parameters are emulated"
+        )));
+    }
+    let mut checks = Vec::new();
+    if let Some(pattern) = content.allowed_pattern {
+        let regex = Regex::new(&pattern).map_err(|e| DocumentLoadError::InvalidPattern {
+            document: document.to_owned(),
+            parameter: name.to_owned(),
+            pattern: pattern.clone(),
+            error: e.to_string(),
+        })?;
+        checks.push(Check::Pattern(regex));
+    }
+    if let Some(allowed) = content.allowed_values {
+        if allowed.is_empty() {
+            return Err(invalid(
+                "allowedValues is empty, so no value would be accepted".to_owned(),
+            ));
+        }
+        checks.push(Check::OneOf(allowed));
+    }
+    let parameter = Parameter {
+        name: name.to_owned(),
+        default: content.default,
+        checks,
+    };
+    // A default that fails its own constraints would make every session without the
+    // parameter fail; better to say so when the document is loaded.
+    if let Some(default) = &parameter.default
+        && let Err(err) = parameter.check(default)
+    {
+        return Err(invalid(format!("the default is not accepted: {err}")));
+    }
+    Ok(parameter)
+}
+
+fn load_property(
+    document: &str,
+    parameters: &[Parameter],
+    name: &str,
+    value: &Value,
+) -> Result<(String, String), DocumentLoadError> {
+    let invalid = |reason: String| DocumentLoadError::InvalidProperty {
+        document: document.to_owned(),
+        property: name.to_owned(),
+        reason,
+    };
+    let template = match value {
+        Value::String(text) => text.clone(),
+        Value::Number(_) | Value::Bool(_) => value.to_string(),
+        _ => {
+            return Err(invalid(
+                "the value must be a string, a number or a boolean".to_owned(),
+            ));
+        }
+    };
+    for segment in segments(&template) {
+        if let Segment::Placeholder { name: used, .. } = segment
+            && !parameters.iter().any(|p| p.name == used)
+        {
+            return Err(invalid(format!(
+                "{{{{ {used} }}}} is not a declared parameter"
+            )));
+        }
+    }
+    Ok((name.to_owned(), template))
+}
+
+fn builtin_documents() -> Vec<SessionDocument> {
+    let parameter = |name: &str, default: Option<&str>, check| Parameter {
+        name: name.to_owned(),
+        default: default.map(str::to_owned),
+        checks: vec![check],
+    };
+    let properties = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(key, template)| ((*key).to_owned(), (*template).to_owned()))
+            .collect()
+    };
+    let port_number = parameter("portNumber", Some("80"), Check::Port { min: 1 });
+    let local_port_number = parameter("localPortNumber", Some("0"), Check::Port { min: 0 });
+    vec![
+        SessionDocument {
+            name: "AWS-StartPortForwardingSession".to_owned(),
+            parameters: vec![port_number.clone(), local_port_number.clone()],
+            properties: properties(&[
+                ("portNumber", "{{ portNumber }}"),
+                ("type", "LocalPortForwarding"),
+                ("localPortNumber", "{{ localPortNumber }}"),
+            ]),
+        },
+        SessionDocument {
+            name: "AWS-StartPortForwardingSessionToRemoteHost".to_owned(),
+            parameters: vec![
+                parameter("host", None, Check::Host),
+                port_number,
+                local_port_number,
+            ],
+            properties: properties(&[
+                ("host", "{{ host }}"),
+                ("portNumber", "{{ portNumber }}"),
+                ("type", "LocalPortForwarding"),
+                ("localPortNumber", "{{ localPortNumber }}"),
+            ]),
+        },
+        // A Port session without `type`: the client forwards it over stdin/stdout.
+        SessionDocument {
+            name: "AWS-StartSSHSession".to_owned(),
+            parameters: vec![parameter("portNumber", Some("22"), Check::Port { min: 1 })],
+            properties: properties(&[("portNumber", "{{ portNumber }}")]),
+        },
+    ]
+}
+
+/// A piece of a properties template.
+#[derive(Debug, PartialEq, Eq)]
+enum Segment<'a> {
+    /// Literal text (including unterminated `{{`).
+    Text(&'a str),
+    /// `{{ name }}`: the trimmed name and the placeholder as written.
+    Placeholder { name: &'a str, raw: &'a str },
+}
+
+/// Splits a template into text and `{{ name }}` placeholders (spaces optional).
+fn segments(template: &str) -> Vec<Segment<'_>> {
+    let mut out = Vec::new();
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        match after.find("}}") {
-            Some(end) => {
-                let name = after[..end].trim();
-                match values.get(name) {
-                    Some(value) => out.push_str(value),
-                    None => out.push_str(&rest[start..start + 2 + end + 2]),
-                }
-                rest = &after[end + 2..];
-            }
-            None => {
-                out.push_str(&rest[start..]);
-                rest = "";
+        let Some(end) = after.find("}}") else {
+            break;
+        };
+        if start > 0 {
+            out.push(Segment::Text(&rest[..start]));
+        }
+        out.push(Segment::Placeholder {
+            name: after[..end].trim(),
+            raw: &rest[start..start + 2 + end + 2],
+        });
+        rest = &after[end + 2..];
+    }
+    if !rest.is_empty() {
+        out.push(Segment::Text(rest));
+    }
+    out
+}
+
+/// Replaces `{{ name }}` with the parameter's value; unknown placeholders stay as written.
+fn substitute(template: &str, values: &BTreeMap<&str, String>) -> String {
+    let mut out = String::with_capacity(template.len());
+    for segment in segments(template) {
+        match segment {
+            Segment::Text(text) => out.push_str(text),
+            Segment::Placeholder { name, raw } => {
+                out.push_str(values.get(name).map_or(raw, String::as_str));
             }
         }
     }
-    out.push_str(rest);
     out
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<String>> {
@@ -245,47 +629,89 @@ mod tests {
             .collect()
     }
 
+    /// A custom document that uses every supported feature.
+    fn custom_content() -> Value {
+        json!({
+            "schemaVersion": "1.0",
+            "description": "Port forwarding to a chosen port",
+            "sessionType": "Port",
+            "parameters": {
+                "portNumber": {
+                    "type": "String",
+                    "default": "22",
+                    "allowedPattern": "^([1-9]|[1-9][0-9]{1,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
+                },
+                "localPortNumber": {"type": "String", "default": "0"},
+                "region": {"allowedValues": ["eu", "us"], "description": "no default: required"}
+            },
+            "properties": {
+                "portNumber": "{{ portNumber }}",
+                "type": "LocalPortForwarding",
+                "localPortNumber": "{{localPortNumber}}",
+                "note": "{{ region }}-{{ portNumber }}",
+                "retries": 3,
+                "verbose": true
+            }
+        })
+    }
+
+    fn registry_with(name: &str, content: &Value) -> Documents {
+        let mut documents = Documents::default();
+        documents
+            .add(SessionDocument::from_value(name, content).expect("loads"))
+            .expect("adds");
+        documents
+    }
+
+    fn load_error(content: Value) -> DocumentLoadError {
+        SessionDocument::from_value("My-Doc", &content).expect_err("rejected")
+    }
+
     #[test]
     fn substitutes_parameters_and_defaults() {
-        let doc = resolve(
-            "AWS-StartPortForwardingSession",
-            &params(&[("portNumber", "8080")]),
-        )
-        .expect("resolves");
+        let documents = Documents::default();
+        let doc = documents
+            .resolve(
+                "AWS-StartPortForwardingSession",
+                &params(&[("portNumber", "8080")]),
+            )
+            .expect("resolves");
         assert_eq!(
             serde_json::to_string(&doc.properties).expect("json"),
             r#"{"localPortNumber":"0","portNumber":"8080","type":"LocalPortForwarding"}"#
         );
-        let remote = resolve(
-            "arn:aws:ssm:us-east-1::document/AWS-StartPortForwardingSessionToRemoteHost",
-            &params(&[("host", "db.internal"), ("portNumber", "5432")]),
-        )
-        .expect("resolves");
+        let remote = documents
+            .resolve(
+                "arn:aws:ssm:us-east-1::document/AWS-StartPortForwardingSessionToRemoteHost",
+                &params(&[("host", "db.internal"), ("portNumber", "5432")]),
+            )
+            .expect("resolves");
         assert_eq!(remote.name, "AWS-StartPortForwardingSessionToRemoteHost");
         assert_eq!(remote.properties["host"], "db.internal");
     }
 
     #[test]
     fn rejects_bad_parameters() {
+        let documents = Documents::default();
         let name = "AWS-StartPortForwardingSession";
         assert!(matches!(
-            resolve(name, &params(&[("portNumber", "0")])),
+            documents.resolve(name, &params(&[("portNumber", "0")])),
             Err(DocumentError::BadValue { .. })
         ));
         assert!(matches!(
-            resolve(name, &params(&[("portNumber", "x1")])),
+            documents.resolve(name, &params(&[("portNumber", "x1")])),
             Err(DocumentError::BadValue { .. })
         ));
         assert!(matches!(
-            resolve(name, &params(&[("nope", "1")])),
+            documents.resolve(name, &params(&[("nope", "1")])),
             Err(DocumentError::UnknownParameter(..))
         ));
         assert!(matches!(
-            resolve("AWS-StartPortForwardingSessionToRemoteHost", &params(&[])),
+            documents.resolve("AWS-StartPortForwardingSessionToRemoteHost", &params(&[])),
             Err(DocumentError::MissingParameter(..))
         ));
         assert!(matches!(
-            resolve("AWS-RunShellScript", &params(&[])),
+            documents.resolve("AWS-RunShellScript", &params(&[])),
             Err(DocumentError::Unknown(_))
         ));
     }
@@ -294,5 +720,190 @@ mod tests {
     fn substitution_leaves_unknown_placeholders() {
         let values = BTreeMap::from([("a", "1".to_owned())]);
         assert_eq!(substitute("x{{a}}y{{ b }}z{{", &values), "x1y{{ b }}z{{");
+    }
+
+    #[test]
+    fn custom_document_substitutes_parameters_defaults_and_constants() {
+        let documents = registry_with("My-Port-Doc", &custom_content());
+        let doc = documents
+            .resolve(
+                "arn:aws:ssm:eu-west-1:123456789012:document/My-Port-Doc",
+                &params(&[("region", "eu"), ("localPortNumber", "9090")]),
+            )
+            .expect("resolves");
+        assert_eq!(doc.name, "My-Port-Doc");
+        assert_eq!(
+            serde_json::to_value(&doc.properties).expect("json"),
+            json!({
+                "localPortNumber": "9090",
+                "note": "eu-22",
+                "portNumber": "22",
+                "retries": "3",
+                "type": "LocalPortForwarding",
+                "verbose": "true"
+            })
+        );
+        assert!(documents.names().any(|n| n == "AWS-StartSSHSession"));
+        assert!(documents.names().any(|n| n == "My-Port-Doc"));
+    }
+
+    #[test]
+    fn custom_document_enforces_required_pattern_and_allowed_values() {
+        let documents = registry_with("My-Port-Doc", &custom_content());
+        let resolve = |pairs: &[(&str, &str)]| documents.resolve("My-Port-Doc", &params(pairs));
+        assert_eq!(
+            resolve(&[]),
+            Err(DocumentError::MissingParameter(
+                "region".to_owned(),
+                "My-Port-Doc".to_owned()
+            ))
+        );
+        assert!(resolve(&[("region", "us"), ("portNumber", "65535")]).is_ok());
+        let err = resolve(&[("region", "us"), ("portNumber", "65536")]).expect_err("pattern");
+        assert!(
+            matches!(&err, DocumentError::BadValue { name, value, .. } if name == "portNumber" && value == "65536"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("allowed pattern"), "{err}");
+        let err = resolve(&[("region", "mars")]).expect_err("allowed values");
+        assert!(
+            matches!(&err, DocumentError::BadValue { name, .. } if name == "region"),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(r#"["eu", "us"]"#), "{err}");
+        assert!(matches!(
+            resolve(&[("region", "eu"), ("host", "x")]),
+            Err(DocumentError::UnknownParameter(..))
+        ));
+        let mut two = params(&[]);
+        two.insert("region".to_owned(), vec!["eu".to_owned(), "us".to_owned()]);
+        assert!(matches!(
+            documents.resolve("My-Port-Doc", &two),
+            Err(DocumentError::NotOneValue(_))
+        ));
+    }
+
+    #[test]
+    fn custom_documents_with_bad_content_are_rejected() {
+        let mut content = custom_content();
+        content["sessionType"] = json!("Standard_Stream");
+        let err = load_error(content);
+        assert!(
+            matches!(err, DocumentLoadError::UnsupportedSessionType { .. }),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("My-Doc")
+                && err.to_string().contains("only Port session documents"),
+            "{err}"
+        );
+
+        let mut content = custom_content();
+        content["parameters"]["portNumber"]["allowedPattern"] = json!("^(unclosed$");
+        let err = load_error(content);
+        assert!(
+            matches!(&err, DocumentLoadError::InvalidPattern { document, parameter, .. }
+                if document == "My-Doc" && parameter == "portNumber"),
+            "{err:?}"
+        );
+
+        let mut content = custom_content();
+        content["inputs"] = json!({"idleSessionTimeout": "20"});
+        let err = load_error(content);
+        assert!(err.to_string().contains("inputs"), "{err}");
+
+        let mut content = custom_content();
+        content["parameters"]["portNumber"]["type"] = json!("StringList");
+        assert!(matches!(
+            load_error(content),
+            DocumentLoadError::InvalidParameter { .. }
+        ));
+
+        let mut content = custom_content();
+        content["parameters"]["portNumber"]["minChars"] = json!(1);
+        let err = load_error(content);
+        assert!(
+            err.to_string().contains("portNumber") && err.to_string().contains("minChars"),
+            "{err}"
+        );
+
+        let mut content = custom_content();
+        content["parameters"]["portNumber"]["default"] = json!("99999");
+        assert!(matches!(
+            load_error(content),
+            DocumentLoadError::InvalidParameter { .. }
+        ));
+
+        let mut content = custom_content();
+        content["parameters"]["region"]["allowedValues"] = json!([]);
+        assert!(matches!(
+            load_error(content),
+            DocumentLoadError::InvalidParameter { .. }
+        ));
+
+        let mut content = custom_content();
+        content["properties"]["host"] = json!("{{ hostName }}");
+        let err = load_error(content);
+        assert!(
+            matches!(&err, DocumentLoadError::InvalidProperty { property, .. } if property == "host"),
+            "{err:?}"
+        );
+
+        let mut content = custom_content();
+        content["properties"]["hosts"] = json!(["a", "b"]);
+        assert!(matches!(
+            load_error(content),
+            DocumentLoadError::InvalidProperty { .. }
+        ));
+
+        let mut content = custom_content();
+        content["schemaVersion"] = json!("2.2");
+        assert!(matches!(
+            load_error(content),
+            DocumentLoadError::UnsupportedSchemaVersion { .. }
+        ));
+
+        let mut content = custom_content();
+        content
+            .as_object_mut()
+            .expect("object")
+            .remove("sessionType");
+        assert!(matches!(
+            load_error(content),
+            DocumentLoadError::Malformed { .. }
+        ));
+
+        assert!(matches!(
+            SessionDocument::parse("My-Doc", "{not json"),
+            Err(DocumentLoadError::Malformed { .. })
+        ));
+        assert!(matches!(
+            SessionDocument::from_value("My-Doc", &json!([1])),
+            Err(DocumentLoadError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn custom_document_names_are_checked() {
+        let content = custom_content();
+        assert_eq!(
+            SessionDocument::from_value("AWS-StartPortForwardingSession", &content)
+                .expect_err("shadows"),
+            DocumentLoadError::ReservedName("AWS-StartPortForwardingSession".to_owned())
+        );
+        assert!(matches!(
+            SessionDocument::from_value("aws-Mine", &content),
+            Err(DocumentLoadError::ReservedName(_))
+        ));
+        assert!(matches!(
+            SessionDocument::from_value("my doc", &content),
+            Err(DocumentLoadError::InvalidName(_))
+        ));
+        let mut documents = registry_with("My-Doc", &content);
+        let again = SessionDocument::from_value("My-Doc", &content).expect("loads");
+        assert_eq!(
+            documents.add(again),
+            Err(DocumentLoadError::Duplicate("My-Doc".to_owned()))
+        );
     }
 }

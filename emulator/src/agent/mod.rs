@@ -44,6 +44,9 @@ pub const DEFAULT_PONG_WAIT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SMUX_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// smux `KeepAliveTimeout`.
 pub const DEFAULT_SMUX_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The host dialled when the properties name none. The real agent dials the local system;
+/// loopback IPv4 keeps tests independent of how `localhost` resolves.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
 
 /// How one agent session is set up.
 #[derive(Clone)]
@@ -74,6 +77,8 @@ pub struct AgentConfig {
     pub smux_keepalive_interval: Duration,
     /// smux receive timeout when keepalive is on.
     pub smux_keepalive_timeout: Duration,
+    /// The host dialled when `properties` have no (or an empty) `host`.
+    pub default_host: String,
     /// Seeds the rejoin jitter and message ids.
     pub seed: u64,
     /// Runtime fault toggles.
@@ -105,6 +110,7 @@ impl AgentConfig {
             pong_wait: DEFAULT_PONG_WAIT,
             smux_keepalive_interval: DEFAULT_SMUX_KEEPALIVE_INTERVAL,
             smux_keepalive_timeout: DEFAULT_SMUX_KEEPALIVE_TIMEOUT,
+            default_host: DEFAULT_HOST.to_owned(),
             seed: 0,
             controls: Arc::new(AgentControls::default()),
             events,
@@ -136,6 +142,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("pong_wait", &self.pong_wait)
             .field("smux_keepalive_interval", &self.smux_keepalive_interval)
             .field("smux_keepalive_timeout", &self.smux_keepalive_timeout)
+            .field("default_host", &self.default_host)
             .field("seed", &self.seed)
             .field("controls", &self.controls)
             .finish_non_exhaustive()

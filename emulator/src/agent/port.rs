@@ -69,7 +69,7 @@ pub(crate) fn select_mode(
 }
 
 /// Where the agent connects: `host` (resolved on connect, each address tried in order) or the
-/// loopback address, and `portNumber`.
+/// configured default host, and `portNumber`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Destination {
     /// Host name or address.
@@ -84,12 +84,15 @@ impl std::fmt::Display for Destination {
     }
 }
 
-/// Reads the destination from the document properties.
+/// Reads the destination from the document properties; `default_host` when they name no host.
 ///
 /// # Errors
 /// `portNumber` is missing, empty or not a port number (the agent fails the session with
 /// "Port number is empty in session properties").
-pub(crate) fn destination(properties: &BTreeMap<String, Value>) -> Result<Destination, String> {
+pub(crate) fn destination(
+    properties: &BTreeMap<String, Value>,
+    default_host: &str,
+) -> Result<Destination, String> {
     let port = match properties.get("portNumber") {
         Some(Value::String(text)) => text.trim().to_owned(),
         Some(Value::Number(number)) => number.to_string(),
@@ -103,9 +106,8 @@ pub(crate) fn destination(properties: &BTreeMap<String, Value>) -> Result<Destin
         .map_err(|_| format!("Invalid port number {port:?} in session properties"))?;
     let host = match string_property(properties, "host") {
         Some(host) if !host.trim().is_empty() => host.trim().to_owned(),
-        // The agent dials ":port", i.e. the local system; loopback IPv4 keeps tests
-        // independent of how "localhost" resolves.
-        _ => "127.0.0.1".to_owned(),
+        // The agent dials ":port", i.e. the local system.
+        _ => default_host.to_owned(),
     };
     Ok(Destination { host, port })
 }
@@ -305,17 +307,23 @@ mod tests {
     }
 
     #[test]
-    fn destination_defaults_to_loopback() {
-        let d = destination(&props(&[("portNumber", "8080")])).expect("valid");
+    fn destination_defaults_to_the_default_host() {
+        let loopback = "127.0.0.1";
+        let d = destination(&props(&[("portNumber", "8080")]), loopback).expect("valid");
         assert_eq!(d.to_string(), "127.0.0.1:8080");
-        let d =
-            destination(&props(&[("portNumber", "5432"), ("host", "db.internal")])).expect("valid");
+        let d = destination(&props(&[("portNumber", "8080")]), "localhost").expect("valid");
+        assert_eq!(d.to_string(), "localhost:8080");
+        let d = destination(
+            &props(&[("portNumber", "5432"), ("host", "db.internal")]),
+            loopback,
+        )
+        .expect("valid");
         assert_eq!(d.to_string(), "db.internal:5432");
-        let d = destination(&props(&[("portNumber", "1"), ("host", "")])).expect("valid");
-        assert_eq!(d.host, "127.0.0.1");
-        assert!(destination(&props(&[("host", "x")])).is_err());
-        assert!(destination(&props(&[("portNumber", "")])).is_err());
-        assert!(destination(&props(&[("portNumber", "99999")])).is_err());
+        let d = destination(&props(&[("portNumber", "1"), ("host", "")]), "::1").expect("valid");
+        assert_eq!(d.host, "::1");
+        assert!(destination(&props(&[("host", "x")]), loopback).is_err());
+        assert!(destination(&props(&[("portNumber", "")]), loopback).is_err());
+        assert!(destination(&props(&[("portNumber", "99999")]), loopback).is_err());
     }
 
     #[test]

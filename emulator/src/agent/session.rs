@@ -159,6 +159,7 @@ struct PortSide {
     events: EventLog,
     controls: Arc<AgentControls>,
     properties: BTreeMap<String, serde_json::Value>,
+    default_host: String,
     handshake: Handshake,
     client_version: String,
     /// The modelled agent's own version (old agents have no mux, or always keep alive).
@@ -222,6 +223,7 @@ impl Core {
             events: cfg.events.clone(),
             controls: cfg.controls.clone(),
             properties: cfg.properties.clone(),
+            default_host: cfg.default_host.clone(),
             handshake: Handshake::NotStarted,
             client_version: String::new(),
             agent_version: cfg.agent_version.clone(),
@@ -301,6 +303,10 @@ impl Core {
 
         let mut resend = tokio::time::interval(RESEND_INTERVAL);
         resend.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // An agent that ends the session itself first sends what it still has and waits
+        // (at most CLOSE_DRAIN) for it to be acknowledged, like the agent's data channel
+        // before it closes: output read just before the destination closed is not lost.
+        let mut draining: Option<(Ending, Instant)> = None;
         loop {
             let paused = self.rel.paused();
             let pump_ready = !paused && !self.port.pending.is_empty();
@@ -339,11 +345,25 @@ impl Core {
                     }
                 }
                 () = tick_opt(&mut self.smux_check) => self.port.smux_keepalive_check(),
+                () = sleep_until_opt(draining.as_ref().map(|(_, until)| *until)),
+                    if draining.is_some() => {}
             }
             self.flush_port_out();
             self.arm_smux_keepalive();
             if let Some(ending) = self.port.end.take() {
-                return self.finish(ending).await;
+                if ending.terminating && draining.is_none() {
+                    draining = Some((ending, Instant::now() + CLOSE_DRAIN));
+                } else {
+                    return self.finish(ending).await;
+                }
+            }
+            if let Some((_, until)) = &draining {
+                let drained = self.port.pending.is_empty() && self.rel.unacked() == 0;
+                if (drained || Instant::now() >= *until)
+                    && let Some((ending, _)) = draining.take()
+                {
+                    return self.finish(ending).await;
+                }
             }
         }
     }
@@ -984,7 +1004,7 @@ impl PortSide {
     /// smux server (ready at once) or the first destination dial (ready when connected).
     fn start_port(&mut self) {
         let mode = port::select_mode(&self.properties, &self.client_version, &self.agent_version);
-        let dest = match port::destination(&self.properties) {
+        let dest = match port::destination(&self.properties, &self.default_host) {
             Ok(dest) => dest,
             Err(err) => {
                 self.finish(

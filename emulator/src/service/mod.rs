@@ -18,7 +18,7 @@ pub(crate) use self::actions::{Termination, send_control};
 use self::resume_fail::ResumeFailState;
 use crate::agent_link::{self, AgentControls};
 use crate::config::{AgentSettings, EmulatorConfig};
-use crate::documents::ResolvedDocument;
+use crate::documents::{Documents, ResolvedDocument};
 use crate::events::{Event, EventLog, Side};
 use crate::faults::{FaultSettings, SideSelection};
 use crate::sessions::Session;
@@ -29,6 +29,8 @@ pub(crate) struct Service {
     pub(crate) events: EventLog,
     /// Knobs for agents started from now on.
     pub(crate) agent: AgentSettings,
+    /// The documents StartSession resolves.
+    pub(crate) documents: Documents,
     faults: Mutex<FaultSettings>,
     resume_fail: Mutex<ResumeFailState>,
     credentials: Mutex<HashMap<String, Instant>>,
@@ -48,6 +50,7 @@ impl Service {
         Self {
             events: config.events.clone(),
             agent: config.agent.clone(),
+            documents: config.documents.clone(),
             faults: Mutex::new(config.faults.clone()),
             resume_fail: Mutex::new(resume_fail),
             credentials: Mutex::new(HashMap::new()),

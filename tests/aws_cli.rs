@@ -5,122 +5,20 @@
 //! clear line for everything it cannot do.
 
 mod child;
+mod drop_in;
 #[path = "../runtime/tests/support/mod.rs"]
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use child::{Emulator, Process, collect_lines, emulator, free_port, get_json, http_json};
+use child::{Process, collect_lines, emulator, free_port, http_json};
+use drop_in::{
+    SECRET_KEY, TARGET, Workspace, active_sessions, assert_no_secret, aws_cli, signal_group,
+    wait_until,
+};
 use ssm_tether_e2e::ssm_tether;
-
-const TARGET: &str = "i-0123456789abcdef0";
-/// The secret access key the AWS CLI and the plugin get: it must never reach a log.
-const SECRET_KEY: &str = "SECRET-awscli-suite";
-
-/// The AWS CLI, installed on first use; `None` (with a loud message) where it cannot be.
-fn aws_cli() -> Option<PathBuf> {
-    static AWS: OnceLock<Option<PathBuf>> = OnceLock::new();
-    AWS.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/install-awscli.sh");
-        let output = Command::new(&script)
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("the install script runs");
-        if !output.status.success() {
-            eprintln!(
-                "\n*** SKIPPED: the AWS CLI cannot be installed here ({}, exit {:?}); the \
-                 AWS CLI drop-in suite did not run ***\n",
-                script.display(),
-                output.status.code()
-            );
-            return None;
-        }
-        let path = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-        Some(PathBuf::from(path))
-    })
-    .clone()
-}
-
-/// A scratch directory with `session-manager-plugin` linked to ssm-tether by
-/// `ssm-tether install-plugin`, and an environment for the AWS CLI that reads nothing of the
-/// machine's own AWS configuration.
-struct Workspace {
-    dir: tempfile::TempDir,
-}
-
-impl Workspace {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(dir.path().join("bin")).expect("bin");
-        let install = ssm_tether()
-            .arg("install-plugin")
-            .arg(dir.path().join("bin"))
-            .output()
-            .expect("install-plugin runs");
-        let said = String::from_utf8_lossy(&install.stdout);
-        assert!(install.status.success(), "{install:?}");
-        assert!(said.contains("linked"), "{said}");
-        Self { dir }
-    }
-
-    fn bin(&self) -> PathBuf {
-        self.dir.path().join("bin")
-    }
-
-    /// `aws ARGS` with the plugin link first on PATH and dummy credentials.
-    fn aws(&self, aws: &Path, emulator: &Emulator) -> Command {
-        let mut command = Command::new(aws);
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let mut paths = vec![self.bin()];
-        paths.extend(std::env::split_paths(&path));
-        command
-            .env("PATH", std::env::join_paths(paths).expect("PATH"))
-            .env("AWS_ACCESS_KEY_ID", "AKIDAWSCLI")
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-            .env("AWS_DEFAULT_REGION", "us-east-1")
-            .env("AWS_CONFIG_FILE", self.dir.path().join("no-config"))
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                self.dir.path().join("no-credentials"),
-            )
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env_remove("AWS_PROFILE")
-            .args(["ssm", "start-session", "--endpoint-url", &emulator.endpoint]);
-        command
-    }
-}
-
-/// Sends `signal` to the process group the child leads (as a terminal's Ctrl-C does).
-fn signal_group(process: &Process, signal: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{signal}"), "--", &format!("-{}", process.0.id())])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
-
-fn active_sessions(emulator: &Emulator) -> Vec<serde_json::Value> {
-    let sessions = get_json(&format!("{}/sessions", emulator.admin));
-    sessions
-        .as_array()
-        .expect("a list")
-        .iter()
-        .filter(|s| s["state"] == "active")
-        .cloned()
-        .collect()
-}
-
-async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_start_session_port_forwarding_survives_recycles_and_a_termination() {
@@ -235,18 +133,7 @@ async fn aws_start_session_port_forwarding_survives_recycles_and_a_termination()
         !stderr.iter().any(|l| l.contains("outdated")),
         "no outdated-plugin warning: {stderr:?}"
     );
-    // Tokens (StartSession/ResumeSession responses, the OpenDataChannel frame), signatures,
-    // the StreamUrl's query and the secret key stay out of even a trace-level log.
-    for secret in [
-        "TokenValue",
-        "Signature=",
-        "cell-number=",
-        "X-Amz-Security-Token",
-        SECRET_KEY,
-    ] {
-        let leaked: Vec<_> = stderr.iter().filter(|l| l.contains(secret)).collect();
-        assert!(leaked.is_empty(), "{secret} in the log: {leaked:?}");
-    }
+    assert_no_secret(&stderr);
     let stdout = stdout.join().expect("stdout");
     assert!(
         stdout
@@ -261,25 +148,50 @@ async fn aws_start_session_port_forwarding_survives_recycles_and_a_termination()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unsupported_session_kind_gets_one_line_and_is_terminated() {
-    let Some(aws) = aws_cli() else { return };
+async fn a_shell_session_gets_one_line_and_is_terminated() {
     let emulator = emulator(&["--pacing", "0"]);
+    // A session as the CLI would have started it; the request says it is the default
+    // document, a shell, which this build cannot carry yet.
+    let files = support::AwsFiles::new("AKIDSHELL");
+    let parameters =
+        std::collections::BTreeMap::from([("portNumber".to_owned(), vec!["22".to_owned()])]);
+    let grant = files
+        .api(emulator.endpoint.clone())
+        .start_session(TARGET, "AWS-StartSSHSession", &parameters, None)
+        .await
+        .expect("a session");
+    let response = serde_json::json!({
+        "SessionId": grant.session_id,
+        "TokenValue": grant.token_value,
+        "StreamUrl": grant.stream_url,
+    })
+    .to_string();
+    let request = serde_json::json!({ "Target": TARGET }).to_string();
     let workspace = Workspace::new();
-    let output = workspace
-        .aws(&aws, &emulator)
-        .args(["--target", TARGET, "--document-name", "AWS-StartSSHSession"])
-        .args(["--parameters", "portNumber=22"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("aws runs");
+    let args = [
+        "AWS_SSM_START_SESSION_RESPONSE",
+        "us-east-1",
+        "StartSession",
+        "",
+        &request,
+        &emulator.endpoint,
+    ];
+    let env = [
+        ("AWS_SSM_START_SESSION_RESPONSE", response.as_str()),
+        ("AWS_ACCESS_KEY_ID", "AKIDSHELL"),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+    ];
+    let output = plugin(&workspace, &args, &env);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{output:?}");
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains(
-            "standard-stream (stdin/stdout) sessions (AWS-StartSSHSession) are not supported yet"
+            "shell and command sessions (SSM-SessionManagerRunShell) are not supported yet"
         ),
         "{stderr}"
     );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(!stderr.contains(&grant.token_value), "{stderr}");
     wait_until("the session terminated", Duration::from_secs(10), || {
         active_sessions(&emulator).is_empty()
     })

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use bytes::{Bytes, BytesMut};
 use serde_json::{Value, json};
 use ssm_emulator::documents::SessionDocument;
-use ssm_emulator::events::Event;
 use ssm_emulator::{Emulator, FaultSettings};
 use ssm_tether_protocol::PayloadType;
 use ssm_tether_protocol::smux::{Frame, FrameDecoder};
@@ -86,21 +85,6 @@ async fn echo(client: &mut Endpoint, payload: &'static [u8]) -> Vec<u8> {
         .smux_until(&mut decoder, |f| psh_data(f, 3).len() >= payload.len())
         .await;
     psh_data(&frames, 3)
-}
-
-async fn agent_event(emulator: &Emulator, what: &'static str) -> String {
-    let record = emulator
-        .events()
-        .wait_for(
-            WAIT,
-            |e| matches!(e, Event::Agent { what: w, .. } if w == what),
-        )
-        .await
-        .unwrap_or_else(|| panic!("agent event {what}"));
-    match &record.event {
-        Event::Agent { detail, .. } => detail.clone(),
-        _ => unreachable!(),
-    }
 }
 
 #[tokio::test]

@@ -30,21 +30,6 @@ async fn connect(emulator: &Emulator, port: u16) -> (Started, Endpoint) {
     (started, client)
 }
 
-async fn agent_event(emulator: &Emulator, what: &'static str) -> String {
-    let record = emulator
-        .events()
-        .wait_for(
-            WAIT,
-            |e| matches!(e, Event::Agent { what: w, .. } if w == what),
-        )
-        .await
-        .unwrap_or_else(|| panic!("agent event {what}"));
-    match &record.event {
-        Event::Agent { detail, .. } => detail.clone(),
-        _ => unreachable!(),
-    }
-}
-
 #[tokio::test]
 async fn mux_mode_echoes_through_a_real_tcp_server() {
     let emulator = start(config(FaultSettings::default())).await;

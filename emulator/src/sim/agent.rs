@@ -76,6 +76,8 @@ pub(crate) struct Agent {
     wire: Vec<Bytes>,
     ended: Option<AgentEnd>,
     clock: (Instant, u64),
+    /// Bytes of Output payload processed, in order (what reached the destination).
+    received: u64,
 }
 
 impl Agent {
@@ -102,6 +104,7 @@ impl Agent {
             wire: Vec::new(),
             ended: None,
             clock: (now, 1_700_000_000_000),
+            received: 0,
         }
     }
 
@@ -241,6 +244,7 @@ impl Agent {
     }
 
     fn on_output(&mut self, payload: &Bytes, now: Instant) {
+        self.received += payload.len() as u64;
         let refuse = self.refuse_destination;
         let mut flags = Vec::new();
         match self.port.as_mut() {
@@ -334,6 +338,11 @@ impl Agent {
     /// Messages sent and not acknowledged.
     pub(crate) fn unacked(&self) -> usize {
         self.reliable.unacked()
+    }
+
+    /// Bytes of Output payload processed, in order.
+    pub(crate) fn received(&self) -> u64 {
+        self.received
     }
 
     fn send(&mut self, now: Instant, payload_type: PayloadType, payload: Bytes) {

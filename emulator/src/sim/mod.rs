@@ -52,6 +52,9 @@ pub struct SimConfig {
     pub stale_cell: bool,
     /// Agents refuse their destination (ConnectToPortError + FIN for every stream).
     pub refuse_destination: bool,
+    /// Sessions are `AWS-StartSSHSession`-like: a Port document without `type`, which both
+    /// ends forward in basic mode over one stream (the client's stdin/stdout).
+    pub stream: bool,
 }
 
 impl Default for SimConfig {
@@ -66,6 +69,7 @@ impl Default for SimConfig {
             dup_rate: 0.0,
             stale_cell: false,
             refuse_destination: false,
+            stream: false,
         }
     }
 }
@@ -147,6 +151,8 @@ pub struct SessionInfo {
     pub client_connected: bool,
     /// Messages the agent sent and has not had acknowledged.
     pub agent_unacked: usize,
+    /// Bytes of Output payload the agent processed, in order.
+    pub agent_received: u64,
 }
 
 /// Counters of what happened, for assertions.
@@ -259,6 +265,7 @@ impl World {
                 ended: s.ended.clone(),
                 client_connected: s.client.is_some(),
                 agent_unacked: s.agent.unacked(),
+                agent_received: s.agent.received(),
             })
             .collect()
     }
@@ -291,16 +298,17 @@ impl World {
             self.next_session,
             self.rng.random::<u32>()
         );
-        let properties: BTreeMap<String, Value> = [
-            ("portNumber".to_owned(), Value::String(port.to_string())),
-            (
+        let mut properties: BTreeMap<String, Value> =
+            [("portNumber".to_owned(), Value::String(port.to_string()))]
+                .into_iter()
+                .collect();
+        if !self.config.stream {
+            properties.insert(
                 "type".to_owned(),
                 Value::String("LocalPortForwarding".to_owned()),
-            ),
-            ("localPortNumber".to_owned(), Value::String("0".to_owned())),
-        ]
-        .into_iter()
-        .collect();
+            );
+            properties.insert("localPortNumber".to_owned(), Value::String("0".to_owned()));
+        }
         let agent = Agent::new(
             &self.config.agent_version,
             properties,

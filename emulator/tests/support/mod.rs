@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
+use ssm_emulator::events::Event;
 use ssm_emulator::{AgentSettings, Emulator, EmulatorConfig, FaultSettings};
 use ssm_tether_protocol::message::{FLAGS_CONTROL, SCHEMA_VERSION};
 use ssm_tether_protocol::payload::{
@@ -543,4 +544,20 @@ pub async fn closed_port() -> u16 {
         .await
         .expect("bind");
     listener.local_addr().expect("addr").port()
+}
+
+/// The detail of the agent's first event `what`, waited for up to [`WAIT`].
+pub async fn agent_event(emulator: &Emulator, what: &'static str) -> String {
+    let record = emulator
+        .events()
+        .wait_for(
+            WAIT,
+            |e| matches!(e, Event::Agent { what: w, .. } if w == what),
+        )
+        .await
+        .unwrap_or_else(|| panic!("agent event {what}"));
+    match &record.event {
+        Event::Agent { detail, .. } => detail.clone(),
+        _ => unreachable!(),
+    }
 }

@@ -68,6 +68,9 @@ enum Command {
     },
     /// Link `session-manager-plugin` to this binary so that `aws ssm start-session` uses it.
     InstallPlugin(install::InstallArgs),
+    /// SSH over SSM on stdin/stdout, resumed across recycles: `ProxyCommand ssm-tether
+    /// ssh-proxy %h %p` in ~/.ssh/config.
+    SshProxy(drop_in::ssh_proxy::SshProxyArgs),
 }
 
 /// Runs the parsed command and returns the process exit status.
@@ -83,6 +86,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Emulator(args) => emulator::run(args),
         Command::SessionManagerPlugin { args } => drop_in::run(&args),
         Command::InstallPlugin(args) => install::run(&args),
+        Command::SshProxy(args) => drop_in::ssh_proxy::run(args),
     }
 }
 
@@ -110,6 +114,8 @@ pub(crate) fn init_logging_with(default: &str) {
     );
     let layer = fmt::layer()
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not into a log file or ssh's stderr.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // Its default reports a failed write with `eprintln!`, which panics when stderr is a
         // closed pipe: a daemon whose log reader went away must keep its tunnels up.
         .log_internal_errors(false)

@@ -62,7 +62,7 @@ impl TcpTarget {
                 };
                 LocalAddress::Tcp(SocketAddr::new(ip, addr.port()))
             }
-            unix @ LocalAddress::Unix(_) => unix.clone(),
+            other @ (LocalAddress::Unix(_) | LocalAddress::Stdio) => other.clone(),
         };
         Self { address, status }
     }
@@ -82,6 +82,10 @@ impl TcpTarget {
             LocalAddress::Unix(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
                 "Unix sockets need a Unix system",
+            )),
+            LocalAddress::Stdio => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "a tunnel on stdin/stdout has no local end to connect to",
             )),
         }
     }

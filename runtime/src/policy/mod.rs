@@ -209,6 +209,9 @@ pub enum LocalAddress {
     Tcp(SocketAddr),
     /// A Unix socket listener at this path, mode 0600 (`local = "unix:/path"`).
     Unix(PathBuf),
+    /// The process's standard input and output: one byte stream, no listener (an SSH
+    /// `ProxyCommand`). Not available in policy files; the tunnel ends with the stream.
+    Stdio,
 }
 
 impl LocalAddress {
@@ -216,8 +219,13 @@ impl LocalAddress {
     pub fn tcp(&self) -> Option<SocketAddr> {
         match self {
             Self::Tcp(addr) => Some(*addr),
-            Self::Unix(_) => None,
+            Self::Unix(_) | Self::Stdio => None,
         }
+    }
+
+    /// Whether this is one existing stream rather than a listener.
+    pub fn is_stream(&self) -> bool {
+        matches!(self, Self::Stdio)
     }
 }
 
@@ -232,6 +240,7 @@ impl std::fmt::Display for LocalAddress {
         match self {
             Self::Tcp(addr) => write!(f, "{addr}"),
             Self::Unix(path) => write!(f, "unix:{}", path.display()),
+            Self::Stdio => f.write_str("stdin/stdout"),
         }
     }
 }

@@ -145,6 +145,7 @@ impl TunnelConfig {
             slow_reader: self.slow_reader,
             smux_keepalive: self.smux_keepalive,
             seed: self.seed,
+            single_stream: self.local.is_stream(),
             ..CoreConfig::default()
         }
     }
@@ -196,6 +197,8 @@ pub struct Tunnel {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<Stopped>,
     acceptor: JoinHandle<()>,
+    /// A stream local end: resolves once its output is written.
+    flushed: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Tunnel {
@@ -204,17 +207,31 @@ impl Tunnel {
     /// # Errors
     /// The local end cannot be bound.
     pub async fn start<A: SessionApi>(config: TunnelConfig, api: A) -> Result<Self, TunnelError> {
-        let (listener, local) = shell::listener::Listener::bind(&config.local)
-            .await
-            .map_err(|source| TunnelError::Bind {
-                name: config.name.clone(),
-                local: config.local.clone(),
-                source,
-            })?;
+        let bind_error = |source| TunnelError::Bind {
+            name: config.name.clone(),
+            local: config.local.clone(),
+            source,
+        };
+        let (accept_tx, accepted) = mpsc::channel(1);
+        let (acceptor, local, flushed) = if config.local.is_stream() {
+            let (stream, flushed) = shell::stdio::open().map_err(bind_error)?;
+            // The one stream is there from the start; the sender stays alive so that the
+            // shell never sees the local end close.
+            let acceptor = tokio::spawn(async move {
+                if accept_tx.send((stream, "stdio".to_owned())).await.is_ok() {
+                    std::future::pending::<()>().await;
+                }
+            });
+            (acceptor, LocalAddress::Stdio, Some(flushed))
+        } else {
+            let (listener, local) = shell::listener::Listener::bind(&config.local)
+                .await
+                .map_err(bind_error)?;
+            (tokio::spawn(accept_loop(listener, accept_tx)), local, None)
+        };
         let (events, _) = broadcast::channel(1024);
         let (status_tx, status) = watch::channel(TunnelStatus::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let (accept_tx, accepted) = mpsc::channel(1);
         let (probe_tx, probe_failures) = mpsc::channel(8);
         config
             .plugins
@@ -239,7 +256,6 @@ impl Tunnel {
                 local: local.to_string(),
             },
         });
-        let acceptor = tokio::spawn(accept_loop(listener, accept_tx));
         let core = Core::new(config.core(), Instant::now(), shell::unix_ms());
         let shell_config = shell::ShellConfig {
             name: config.name.clone(),
@@ -279,6 +295,7 @@ impl Tunnel {
             shutdown,
             task,
             acceptor,
+            flushed,
         })
     }
 
@@ -312,13 +329,15 @@ impl Tunnel {
         self.task.is_finished()
     }
 
-    /// Waits until the tunnel stops on its own.
+    /// Waits until the tunnel stops on its own: a tunnel on stdin/stdout stops without error
+    /// when its stream ends.
     ///
     /// # Errors
     /// Why it stopped.
     pub async fn wait(&mut self) -> Result<(), TunnelError> {
         let result = (&mut self.task).await;
         self.close_local_end().await;
+        self.flush_stream().await;
         self.flatten(result)
     }
 
@@ -332,6 +351,7 @@ impl Tunnel {
         // No new connections from now on; the core closes those it has.
         self.close_local_end().await;
         let result = (&mut self.task).await;
+        self.flush_stream().await;
         self.flatten(result)
     }
 
@@ -341,9 +361,23 @@ impl Tunnel {
         let _ = (&mut self.acceptor).await;
     }
 
+    /// Once the tunnel has stopped: waits until a stream local end has written what was
+    /// queued for it, so that nothing is cut off when the process exits (bounded like the
+    /// drain of any closed connection).
+    async fn flush_stream(&mut self) {
+        if let Some(flushed) = self.flushed.take() {
+            let limit = shell::CLOSE_DRAIN + Duration::from_secs(1);
+            let _ = tokio::time::timeout(limit, flushed).await;
+        }
+    }
+
     fn flatten(&self, result: Result<Stopped, tokio::task::JoinError>) -> Result<(), TunnelError> {
         match result {
             Ok(Stopped::Requested) => Ok(()),
+            Ok(Stopped::Ended(reason)) => {
+                tracing::info!(%reason, "the stream ended");
+                Ok(())
+            }
             Ok(Stopped::GaveUp(reason)) => Err(TunnelError::GaveUp {
                 name: self.name.clone(),
                 reason,

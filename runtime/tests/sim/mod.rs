@@ -94,14 +94,18 @@ fn table() -> &'static [u8] {
     static TABLE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
         let mut x = 0x2545_F491_4F6C_DD1Du64;
-        (0..TABLE_LEN * 2)
+        let mut table: Vec<u8> = (0..TABLE_LEN)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 (x >> 32) as u8
             })
-            .collect()
+            .collect();
+        // Two periods, so that a slice starting anywhere in the first reads on seamlessly:
+        // position p of a stream is table[p mod TABLE_LEN], however the stream is split.
+        table.extend_from_within(..);
+        table
     })
 }
 
@@ -211,6 +215,13 @@ impl Pair {
         );
         self.perform();
         id
+    }
+
+    /// The application of `conn` closes its side now (EOF), whatever it has sent.
+    pub fn close_app(&mut self, conn: ConnId) {
+        let now = self.now;
+        self.core.handle_local_closed(conn, now);
+        self.perform();
     }
 
     /// Stops every application's writes (they keep reading).

@@ -4,8 +4,10 @@
 //! (docs/protocol.md §6.1): `type = LocalPortForwarding` is a listener, any other Port
 //! session is forwarded over stdin/stdout, and the other session types are shells. A
 //! listener has to be bound before the first connection arrives, so this reads the same
-//! decision from the request: the AWS port-forwarding documents and every Port document
-//! given a `localPortNumber` (or a Unix socket) are listeners.
+//! decision from the request: the AWS port-forwarding documents and every document given a
+//! `localPortNumber` (or a Unix socket) are listeners, the AWS shell documents are shells,
+//! and any other document is a Port session over stdin/stdout. If the handshake then says
+//! the document starts a shell after all, the tunnel ends with a line that says so.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -17,8 +19,12 @@ use super::args::printable;
 
 /// The AWS documents that forward a local port.
 const PORT_DOCUMENT_PREFIX: &str = "AWS-StartPortForwardingSession";
-/// The AWS document that forwards SSH over stdin/stdout.
-const SSH_DOCUMENT: &str = "AWS-StartSSHSession";
+/// The AWS documents that start shells and commands (and StartSession without a document).
+const SHELL_DOCUMENTS: &[&str] = &[
+    "SSM-SessionManagerRunShell",
+    "AWS-StartInteractiveCommand",
+    "AWS-StartNonInteractiveCommand",
+];
 
 /// A session kind.
 #[derive(Debug, PartialEq, Eq)]
@@ -81,10 +87,12 @@ pub(super) fn classify(request: &StartRequest) -> Result<Kind, KindError> {
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         return Ok(Kind::Port(LocalAddress::Tcp(addr)));
     }
-    if request.document_name == SSH_DOCUMENT || first("portNumber").is_some() {
-        return Ok(Kind::StandardStream);
+    // A document ARN names the same document as its last path segment.
+    let name = request.document_name.rsplit('/').next().unwrap_or_default();
+    if SHELL_DOCUMENTS.contains(&name) {
+        return Ok(Kind::Shell);
     }
-    Ok(Kind::Shell)
+    Ok(Kind::StandardStream)
 }
 
 #[cfg(test)]
@@ -159,6 +167,19 @@ mod tests {
         assert_eq!(
             classify(&request("SSM-SessionManagerRunShell", &[])),
             Ok(Kind::Shell)
+        );
+        assert_eq!(
+            classify(&request(
+                "arn:aws:ssm:eu-west-1::document/AWS-StartInteractiveCommand",
+                &[("command", "top")]
+            )),
+            Ok(Kind::Shell)
+        );
+        // A custom document without a local port: a Port session over stdin/stdout, as
+        // the official client treats any Port document without `type`.
+        assert_eq!(
+            classify(&request("Custom-SSH", &[("remotePort", "2222")])),
+            Ok(Kind::StandardStream)
         );
         assert_eq!(
             classify(&request(

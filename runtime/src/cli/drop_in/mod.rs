@@ -9,13 +9,15 @@
 mod api;
 mod args;
 mod kind;
-mod port;
+mod session;
+pub(crate) mod ssh_proxy;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use ssm_tether::aws::{AwsSettings, SsmApi};
+use ssm_tether::policy::LocalAddress;
 
 use self::args::{ArgsError, Invocation};
 use self::kind::Kind;
@@ -73,7 +75,11 @@ pub(crate) fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
         Ok(Invocation::Session(session)) => *session,
         Err(err) => return Ok(usage(&err)),
     };
-    super::init_logging_with("warn");
+    let kind = kind::classify(&session.request);
+    // A stdin/stdout session's stderr is shown by ssh on every connection: like the official
+    // plugin, say nothing there unless something fails for good.
+    let quiet = matches!(kind, Ok(Kind::StandardStream));
+    super::init_logging_with(if quiet { "error" } else { "warn" });
     let settings = AwsSettings {
         region: Some(session.region.clone()).filter(|r| !r.is_empty()),
         profile: session.profile.clone(),
@@ -82,15 +88,27 @@ pub(crate) fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
     };
     let api = SsmApi::new(settings);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    match kind::classify(&session.request) {
-        Ok(Kind::Port(local)) => runtime.block_on(port::run(session, local, api)),
+    let result = match kind {
+        Ok(Kind::Port(local)) => {
+            runtime.block_on(session::run(session.grant, session.request, local, api))
+        }
+        Ok(Kind::StandardStream) => runtime.block_on(session::run(
+            session.grant,
+            session.request,
+            LocalAddress::Stdio,
+            api,
+        )),
         Ok(unsupported) => runtime.block_on(refuse(&session, &unsupported, &api)),
         Err(err) => {
             eprintln!("ssm-tether: {err}");
             runtime.block_on(terminate(&session, &api));
             Ok(ExitCode::from(EXIT_USAGE))
         }
-    }
+    };
+    // Nothing left to wait for: tasks still running (a connection draining into an
+    // application that stopped reading) must not hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    result
 }
 
 fn usage(err: &ArgsError) -> ExitCode {
@@ -104,7 +122,8 @@ async fn refuse(session: &args::CliSession, kind: &Kind, api: &SsmApi) -> anyhow
     eprintln!(
         "ssm-tether: {} sessions ({}) are not supported yet; supported: port forwarding \
          (AWS-StartPortForwardingSession, AWS-StartPortForwardingSessionToRemoteHost, Port \
-         documents with localPortNumber)",
+         documents with localPortNumber) and Port sessions over stdin/stdout \
+         (AWS-StartSSHSession, Port documents without localPortNumber)",
         kind.describe(),
         args::printable(&session.request.document_name),
     );

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::handshake::{self, PortMode};
+use super::handshake::{self, HandshakeError, PortMode};
 use super::recovery::Ending;
 use super::session::{BasicOut, Forward, Link, Session};
 use super::{Action, ConnId, Core, OutFrame, SessionKey, SocketId};
@@ -81,6 +81,8 @@ impl Core {
                         Some(Link::Closing { .. })
                     ) {
                         self.finish_closing(key);
+                    } else if self.carries_stream(key) {
+                        self.stream_channel_closed(key, &detail, now);
                     } else {
                         self.disconnected(key, Cause::SessionGone(detail), now);
                     }
@@ -89,6 +91,14 @@ impl Core {
                 ChannelEvent::Paused => tracing::debug!("publication paused by the service"),
                 ChannelEvent::Resumed => tracing::debug!("publication resumed"),
             }
+        }
+        let unusable = self
+            .session_mut(key)
+            .and_then(|s| s.data.as_mut())
+            .and_then(|d| d.unusable.take());
+        if let Some(reason) = unusable {
+            self.give_up(Some(key), reason, now);
+            return;
         }
         let broken = self
             .session_mut(key)
@@ -150,6 +160,14 @@ impl Core {
         }
         match negotiated {
             Ok(negotiated) => data.pending = Some(negotiated),
+            // A shell or command document: a new session of the same document would be
+            // one too.
+            Err(HandshakeError::NotPort(session_type)) => {
+                data.unusable = Some(format!(
+                    "the document starts a {session_type} session (a shell or command), not a \
+                     port session"
+                ));
+            }
             Err(err) => {
                 // The agent cancels the session on our failed answer; waiting for the
                 // handshake deadline would only delay the replacement.
@@ -231,6 +249,16 @@ impl Core {
         let Some(data) = self.session_mut(key).and_then(|s| s.data.as_mut()) else {
             return;
         };
+        if data.pending.is_none() && data.negotiated.is_none() {
+            // Port sessions always begin with a HandshakeRequest; output first is how shell
+            // and command sessions without encryption begin (docs/protocol.md §5).
+            data.unusable = Some(
+                "the agent sent output before any handshake: the document starts a shell or \
+                 command session, not a port session"
+                    .to_owned(),
+            );
+            return;
+        }
         let mut deliveries: Vec<(ConnId, Bytes)> = Vec::new();
         let mut closed: Vec<(ConnId, CloseReason)> = Vec::new();
         match &mut data.forward {
@@ -345,6 +373,7 @@ impl Core {
             return;
         };
         let mut session_ref = None;
+        let single_stream = self.config.single_stream;
         if let Some(key) = c.session
             && let Some(session) = self.session_mut(key)
         {
@@ -363,8 +392,12 @@ impl Core {
                         out_bytes,
                     } if *active == Some(conn) => {
                         *active = None;
-                        *out_bytes += 4;
-                        out.push_back(BasicOut::Flag(Flag::DisconnectToPort));
+                        // A single stream ends its session instead: DisconnectToPort would
+                        // make a standard-stream agent fail the session (port_basic.go).
+                        if !single_stream {
+                            *out_bytes += 4;
+                            out.push_back(BasicOut::Flag(Flag::DisconnectToPort));
+                        }
                     }
                     Forward::Basic { .. } | Forward::Pending => {}
                 }
@@ -388,6 +421,9 @@ impl Core {
             self.pump(key, now);
             self.bind_waiting(now);
             self.maybe_end_drained(key, now);
+        }
+        if self.config.single_stream && self.stopping.is_none() {
+            self.stream_closed(reason, now);
         }
     }
 

@@ -434,19 +434,13 @@ impl Core {
 
     /// Executes a decision.
     fn apply(&mut self, key: SessionKey, cause: Cause, decision: Decision, now: Instant) {
+        let decision = self.stream_decision(key, &cause, decision);
         let Some(session) = self.session_mut(key) else {
             return;
         };
         let (after, tier) = match decision {
             Decision::GiveUp { reason } => {
-                self.emit_for(
-                    key,
-                    EventKind::GivingUp {
-                        reason: reason.clone(),
-                    },
-                );
-                tracing::error!(%reason, "the reconnect policy gave up");
-                self.shutdown_because(super::Stopped::GaveUp(reason), now);
+                self.give_up(Some(key), reason, now);
                 return;
             }
             // Nothing to resume before the session exists.
@@ -468,6 +462,21 @@ impl Core {
         if until <= now {
             self.begin(key, tier, now);
         }
+    }
+
+    /// Ends the tunnel because it cannot go on (the policy gave up, the session can never
+    /// forward, a single stream broke): an event, then shutdown.
+    pub(super) fn give_up(&mut self, key: Option<SessionKey>, reason: String, now: Instant) {
+        let event = EventKind::GivingUp {
+            reason: reason.clone(),
+        };
+        match key {
+            Some(key) => self.emit_for(key, event),
+            None => self.emit(None, event),
+        }
+        // Warn, not error: the tunnel's owner reports the end itself, once.
+        tracing::warn!(%reason, "giving up");
+        self.shutdown_because(super::Stopped::GaveUp(reason), now);
     }
 
     /// Runs the step a wait was for.

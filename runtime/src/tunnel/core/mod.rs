@@ -25,6 +25,7 @@ mod recovery;
 mod rotation;
 mod session;
 mod shutdown;
+mod stream;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -95,6 +96,13 @@ pub struct CoreConfig {
     pub terminate_budget: Duration,
     /// Accepted connections waiting for a session beyond which no more are accepted.
     pub max_waiting: usize,
+    /// The local end is one byte stream that exists before the first session (stdin/stdout)
+    /// instead of a listener: it is never moved to a new session, and the tunnel ends with it
+    /// (see `stream.rs`). Implies one stripe and no rotation.
+    pub single_stream: bool,
+    /// How long, once a single stream's application has closed its side, what it sent may
+    /// take to be acknowledged by the agent before the session is ended anyway.
+    pub stream_drain: Duration,
 }
 
 impl Default for CoreConfig {
@@ -113,6 +121,8 @@ impl Default for CoreConfig {
             flag_grace: Duration::from_secs(3),
             terminate_budget: Duration::from_secs(10),
             max_waiting: MAX_WAITING,
+            single_stream: false,
+            stream_drain: Duration::from_secs(30),
         }
     }
 }
@@ -289,8 +299,11 @@ pub enum PolicyAnswer {
 pub enum Stopped {
     /// Asked to stop ([`Core::shutdown`]).
     Requested,
-    /// The reconnect policy gave up; its reason.
+    /// The reconnect policy gave up, or a single stream could not go on; the reason.
     GaveUp(String),
+    /// A single-stream tunnel's stream ended normally: its application closed it, or the
+    /// agent ended the session. The reason, for logs.
+    Ended(String),
 }
 
 #[derive(Debug)]
@@ -345,7 +358,12 @@ impl Core {
     /// A tunnel starting its sessions. `now` and `unix_ms` are the same moment, as an
     /// `Instant` and as milliseconds since the Unix epoch. The first StartSession calls are
     /// the first actions.
-    pub fn new(config: CoreConfig, now: Instant, unix_ms: u64) -> Self {
+    pub fn new(mut config: CoreConfig, now: Instant, unix_ms: u64) -> Self {
+        if config.single_stream {
+            // A stream cannot be striped over sessions or handed to a successor.
+            config.stripes = 1;
+            config.rotation = None;
+        }
         let mut core = Self {
             policy: BuiltinPolicy::new(config.recovery, config.seed),
             conns: Conns::new(config.slow_reader),

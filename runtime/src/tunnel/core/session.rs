@@ -119,6 +119,9 @@ pub(super) struct SessionData {
     /// The session cannot forward (an smux protocol error, a handshake for something other
     /// than a port session): it must be replaced.
     pub(super) broken: Option<Cause>,
+    /// The session can never forward, however often it is replaced (its document starts a
+    /// shell, not a port session): the tunnel gives up with this reason.
+    pub(super) unusable: Option<String>,
     /// ConnectToPortError flags not yet matched to the FIN that follows each (the flag does
     /// not name its stream; the agent sends it right before that stream's FIN).
     pub(super) refused: u32,
@@ -132,6 +135,7 @@ impl SessionData {
             negotiated: None,
             forward: Forward::Pending,
             broken: None,
+            unusable: None,
             refused: 0,
         }
     }

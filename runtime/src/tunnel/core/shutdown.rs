@@ -2,7 +2,7 @@
 //! flag, waited for briefly) and at the service (the TerminateSession call), including
 //! sessions a StartSession still in flight creates, within one deadline.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::handshake::PortMode;
 use super::session::Link;
@@ -21,10 +21,16 @@ impl Core {
     }
 
     pub(super) fn shutdown_because(&mut self, reason: Stopped, now: Instant) {
+        self.shutdown_within(reason, self.config.flag_grace, now);
+    }
+
+    /// Stops the tunnel, waiting at most `flag_grace` for the agent to acknowledge the flag
+    /// (and with it everything sent before it).
+    pub(super) fn shutdown_within(&mut self, reason: Stopped, flag_grace: Duration, now: Instant) {
         if self.stopping.is_some() {
             return;
         }
-        let flag_deadline = now + self.config.flag_grace;
+        let flag_deadline = now + flag_grace;
         self.stopping = Some(Stopping {
             reason,
             deadline: flag_deadline + self.config.terminate_budget,

@@ -212,35 +212,83 @@ fn a_planned_close_resumes_without_any_delay() {
     );
 }
 
-#[test]
-fn a_handshake_for_anything_but_a_port_session_is_refused_at_once() {
+/// A message from the agent: the first of its stream (sequence 0).
+fn agent_first_message(
+    payload_type: crate::protocol::PayloadType,
+    payload: &'static [u8],
+) -> bytes::Bytes {
     use crate::protocol::message::{FLAG_SYN, SCHEMA_VERSION};
-    use crate::protocol::{ClientMessage, MessageType, PayloadType};
-
-    let t0 = Instant::now();
-    let (mut core, socket) = connected(t0);
-    let request = ClientMessage {
+    use crate::protocol::{ClientMessage, MessageType};
+    ClientMessage {
         message_type: MessageType::OutputStreamData,
         schema_version: SCHEMA_VERSION,
         created_date: 1,
         sequence_number: 0,
         flags: FLAG_SYN,
         message_id: uuid::Uuid::new_v4(),
-        payload_type: PayloadType::HANDSHAKE_REQUEST,
-        payload: bytes::Bytes::from_static(
-            br#"{"AgentVersion":"3.3.987.0","RequestedClientActions":[{"ActionType":"SessionType","ActionParameters":{"SessionType":"Standard_Stream","Properties":{}}}]}"#,
-        ),
-    };
-    core.handle_frame(socket, request.encode(), t0);
+        payload_type,
+        payload: bytes::Bytes::from_static(payload),
+    }
+    .encode()
+}
+
+#[test]
+fn a_handshake_for_anything_but_a_port_session_is_refused_at_once() {
+    let t0 = Instant::now();
+    let (mut core, socket) = connected(t0);
+    let request = agent_first_message(
+        crate::protocol::PayloadType::HANDSHAKE_REQUEST,
+        br#"{"AgentVersion":"3.3.987.0","RequestedClientActions":[{"ActionType":"SessionType","ActionParameters":{"SessionType":"Standard_Stream","Properties":{}}}]}"#,
+    );
+    core.handle_frame(socket, request, t0);
+    // A new session of the same document would be a shell again: no restart, the tunnel
+    // ends with a reason that says what the document is.
+    let actions = actions(&mut core);
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::StartSession { .. })),
+        "{actions:?}"
+    );
+    assert_eq!(terminations(&actions), ["s-1"]);
     let events: Vec<EventKind> = std::iter::from_fn(|| core.poll_event())
         .map(|e| e.kind)
         .collect();
     assert!(
         events.iter().any(|e| matches!(
             e,
-            EventKind::Disconnected {
-                cause: Cause::HandshakeFailed(detail)
-            } if detail.contains("Standard_Stream")
+            EventKind::GivingUp { reason } if reason.contains("Standard_Stream")
+        )),
+        "{events:?}"
+    );
+    for action in &actions {
+        if let Action::TerminateSession { op, .. } = action {
+            core.handle_terminated(*op, Ok(()), t0);
+        }
+    }
+    assert!(
+        matches!(core.stopped(), Some(Stopped::GaveUp(reason)) if reason.contains("not a port session")),
+        "{:?}",
+        core.stopped()
+    );
+}
+
+#[test]
+fn output_before_any_handshake_is_a_shell_session_and_ends_the_tunnel() {
+    let t0 = Instant::now();
+    let (mut core, socket) = connected(t0);
+    // How a shell session without KMS begins: the shell's first output, no handshake.
+    let output = agent_first_message(crate::protocol::PayloadType::OUTPUT, b"sh-5.2$ ");
+    core.handle_frame(socket, output, t0);
+    let actions = actions(&mut core);
+    assert_eq!(terminations(&actions), ["s-1"], "{actions:?}");
+    let events: Vec<EventKind> = std::iter::from_fn(|| core.poll_event())
+        .map(|e| e.kind)
+        .collect();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            EventKind::GivingUp { reason } if reason.contains("shell or command session")
         )),
         "{events:?}"
     );

@@ -1,5 +1,5 @@
-//! A tunnel's local end: where its connections come from. A TCP listener, or a Unix socket
-//! listener created with mode 0600; the drop-in adds stdin/stdout and terminals.
+//! A tunnel's local end: where its connections come from. A TCP listener, a Unix socket
+//! listener created with mode 0600, or the process's stdin/stdout as one stream.
 
 use std::io;
 use std::net::SocketAddr;
@@ -75,6 +75,10 @@ impl Listener {
             LocalAddress::Unix(_) => Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "Unix socket listeners need a Unix system",
+            )),
+            LocalAddress::Stdio => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "stdin/stdout is a stream, not a listener",
             )),
         }
     }

@@ -20,7 +20,7 @@ const READ_SIZE: usize = 16 * 1024;
 const REPORT_EVERY: usize = 64 * 1024;
 /// How long a closed connection's queued bytes may take to reach an application that has
 /// stopped reading.
-const CLOSE_DRAIN: Duration = Duration::from_secs(30);
+pub(crate) const CLOSE_DRAIN: Duration = Duration::from_secs(30);
 
 /// The shell's handle on one bound connection.
 pub(super) struct LocalConn {

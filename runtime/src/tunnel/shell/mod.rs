@@ -6,6 +6,7 @@
 pub(crate) mod listener;
 mod local;
 mod socket;
+pub(crate) mod stdio;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::events::{ConnectFailure, ProbeFailure, TunnelEvent, TunnelStatus};
 use crate::plugin::TunnelPlugins;
 use crate::transport::connect::{self, ClientIdentity, DataSocket};
 use listener::LocalStream;
+pub(crate) use local::CLOSE_DRAIN;
 use local::LocalConn;
 use socket::Socket;
 

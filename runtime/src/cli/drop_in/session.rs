@@ -1,35 +1,46 @@
-//! The port-forwarding kind: the same resilient tunnel as `run`, started on the AWS CLI's
-//! session, printing what the official plugin prints so that scripts parsing it keep working.
+//! Runs a session the AWS CLI (or `ssh-proxy`) started, with the same resilient tunnel as
+//! `run`: port forwarding on a listener, or one stream over stdin/stdout.
+//!
+//! Port forwarding prints what the official plugin prints on stdout, so that scripts parsing
+//! it keep working. A stdin/stdout session keeps stdout for the remote's bytes alone: the
+//! official plugin writes its "Starting session" line into the stream, which OpenSSH skips
+//! but any other protocol would take for data.
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use ssm_tether::aws::SsmApi;
+use ssm_tether::aws::{SessionGrant, SsmApi};
 use ssm_tether::events::{EventKind, TunnelEvent};
 use ssm_tether::policy::LocalAddress;
-use ssm_tether::tunnel::{Tunnel, TunnelConfig};
+use ssm_tether::tunnel::{StartRequest, Tunnel, TunnelConfig, TunnelError};
 use tokio::sync::broadcast;
 
 use super::api::CliStartedApi;
-use super::args::{CliSession, printable};
+use super::args::printable;
 use crate::cli::{EXIT_BIND, EXIT_FAILURE};
 
-/// Runs until SIGINT, SIGTERM or SIGHUP (exit 0 after terminating the session) or until the
-/// recovery policy gives up (exit 1).
+/// Runs until SIGINT, SIGTERM or SIGHUP (exit 0 after terminating the session), until a
+/// stdin/stdout stream ends (exit 0), or until the session cannot go on (exit 1).
 pub(super) async fn run(
-    session: CliSession,
+    grant: SessionGrant,
+    request: StartRequest,
     local: LocalAddress,
     api: SsmApi,
 ) -> anyhow::Result<ExitCode> {
     let stop = stop_signal().context("cannot handle SIGINT/SIGTERM/SIGHUP")?;
-    let session_id = printable(&session.grant.session_id);
-    print_now(&format!(
-        "\nStarting session with SessionId: {session_id}\n"
-    ));
-    let name = printable(&session.request.target);
-    let config = TunnelConfig::new(name, session.request, local, crate::cli::jitter_seed(0));
-    let api = CliStartedApi::new(session.grant, api);
+    let stream = local.is_stream();
+    let session_id = printable(&grant.session_id);
+    if stream {
+        tracing::info!(%session_id, "starting session");
+    } else {
+        print_now(&format!(
+            "\nStarting session with SessionId: {session_id}\n"
+        ));
+    }
+    let name = printable(&request.target);
+    let config = TunnelConfig::new(name, request, local, crate::cli::jitter_seed(0));
+    let api = CliStartedApi::new(grant, api);
     let mut tunnel = match Tunnel::start(config, api).await {
         Ok(tunnel) => tunnel,
         Err(err) => {
@@ -54,19 +65,45 @@ pub(super) async fn run(
             }
             Ok(ExitCode::SUCCESS)
         }
+        // A stream ends without error when its application or the agent ends it.
+        Err(Ok(())) if stream => Ok(ExitCode::SUCCESS),
         Err(result) => {
-            match result {
-                Ok(()) => eprintln!("ssm-tether: the tunnel stopped"),
-                Err(err) => eprintln!("ssm-tether: {err}"),
-            }
+            eprintln!("ssm-tether: {}", ending_line(result));
             Ok(ExitCode::from(EXIT_FAILURE))
         }
     }
 }
 
-/// The official plugin's lines on stdout (`Port N opened…`, `Waiting for connections...`,
-/// `Connection accepted…` once), and one line on stderr whenever the session had to be
-/// replaced, which the official plugin never survives.
+/// The one line that says why a session stopped on its own.
+fn ending_line(result: Result<(), TunnelError>) -> String {
+    match result {
+        Ok(()) => "the tunnel stopped".to_owned(),
+        Err(err) => printable_line(&err.to_string()),
+    }
+}
+
+/// `text` as one line: control characters escaped, at most 300 characters.
+fn printable_line(text: &str) -> String {
+    let mut line: String = text
+        .chars()
+        .take(300)
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    if text.chars().count() > 300 {
+        line.push('…');
+    }
+    line
+}
+
+/// For a listener, the official plugin's lines on stdout (`Port N opened…`, `Waiting for
+/// connections...`, `Connection accepted…` once); for every kind, one line on stderr
+/// whenever the session had to be replaced, which the official plugin never survives.
 async fn narrate(
     mut events: broadcast::Receiver<TunnelEvent>,
     local: LocalAddress,
@@ -90,10 +127,12 @@ async fn narrate(
                         "Unix socket {} opened for sessionId {session_id}.",
                         path.display()
                     ),
+                    // stdout carries the stream.
+                    LocalAddress::Stdio => continue,
                 };
                 print_now(&format!("{opened}\nWaiting for connections...\n"));
             }
-            EventKind::ConnectionOpened { .. } if !accepted => {
+            EventKind::ConnectionOpened { .. } if !accepted && !local.is_stream() => {
                 accepted = true;
                 print_now(&format!(
                     "\nConnection accepted for session [{session_id}]\n"
@@ -105,9 +144,6 @@ async fn narrate(
                 "ssm-tether: session {session_id} ended; continuing on session {} (same {local})",
                 printable(&new)
             ),
-            EventKind::GivingUp { reason } => {
-                eprintln!("ssm-tether: giving up: {}", printable(&reason));
-            }
             _ => {}
         }
     }

@@ -40,6 +40,8 @@ pub struct Emulator {
     faults: FaultControl,
     endpoint: SocketAddr,
     admin: SocketAddr,
+    /// The secret path prefix of every admin route.
+    admin_token: String,
     servers: Vec<JoinHandle<()>>,
 }
 
@@ -74,7 +76,15 @@ impl Emulator {
                 post(api::create_data_channel).get(relay::upgrade),
             )
             .with_state(service.clone());
-        let admin_app = admin::router(faults.clone(), service.events.clone());
+        // A capability URL: the admin endpoint answers only under a random path, so another
+        // program on the machine (a web page in a browser, say) cannot trigger faults by
+        // guessing the port. From the OS's randomness, not the seeded RNG, so that a known
+        // seed does not give the token away.
+        let admin_token = hex::encode(rand::random::<[u8; 16]>());
+        let admin_app = Router::new().nest(
+            &format!("/{admin_token}"),
+            admin::router(faults.clone(), service.events.clone()),
+        );
         let servers = vec![
             serve(listener, app, &service),
             serve(admin_listener, admin_app, &service),
@@ -85,6 +95,7 @@ impl Emulator {
             faults,
             endpoint,
             admin,
+            admin_token,
             servers,
         })
     }
@@ -94,9 +105,10 @@ impl Emulator {
         format!("http://{}", self.endpoint)
     }
 
-    /// The admin endpoint URL, e.g. `http://127.0.0.1:40124`.
+    /// The admin endpoint URL with its secret path, e.g.
+    /// `http://127.0.0.1:40124/5f0c…`; every admin route is below it.
     pub fn admin_url(&self) -> String {
-        format!("http://{}", self.admin)
+        format!("http://{}/{}", self.admin, self.admin_token)
     }
 
     /// The event log.

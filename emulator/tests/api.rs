@@ -314,6 +314,35 @@ async fn resume_session_fails_n_times_then_for_a_window() {
 }
 
 #[tokio::test]
+async fn the_admin_endpoint_answers_only_under_its_secret_path() {
+    let emulator = start(config_without_agent(FaultSettings::default())).await;
+    let admin = emulator.admin_url();
+    let (base, token) = admin.rsplit_once('/').expect("a token path");
+    assert_eq!(token.len(), 32, "{admin}");
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()), "{admin}");
+    // What another program that only knows the port can do: nothing.
+    for (method, path) in [("POST", "/faults/terminate"), ("GET", "/sessions")] {
+        let refused = http(method, &format!("{base}{path}"), &[], "").await;
+        assert_eq!(refused.status, 404, "{method} {path}");
+        let wrong = http(method, &format!("{base}/{}{path}", "0".repeat(32)), &[], "").await;
+        assert_eq!(wrong.status, 404, "{method} {path} with a wrong token");
+    }
+    let allowed = http("GET", &format!("{admin}/sessions"), &[], "").await;
+    assert_eq!(allowed.status, 200);
+    // A second emulator draws another token, whatever its seed.
+    let other = start(config_without_agent(FaultSettings::default())).await;
+    assert_ne!(
+        other
+            .admin_url()
+            .rsplit_once('/')
+            .map(|(_, t)| t.to_owned()),
+        Some(token.to_owned())
+    );
+    emulator.shutdown().await;
+    other.shutdown().await;
+}
+
+#[tokio::test]
 async fn admin_endpoints_report_and_patch() {
     let emulator = start(config_without_agent(FaultSettings::default())).await;
     let admin = emulator.admin_url();

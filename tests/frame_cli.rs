@@ -126,3 +126,51 @@ fn encode_fills_defaults_and_rejects_inconsistent_input() {
         assert!(stderr.contains(expected), "{input}: {stderr}");
     }
 }
+
+/// `ssm-tether ARGS | head -1`: the reader goes away after one line.
+fn into_head(args: &[&str], stdin: Option<String>) -> (std::process::ExitStatus, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = ssm_tether_e2e::ssm_tether()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    let mut pipe = child.stdin.take().expect("stdin");
+    let feeder = std::thread::spawn(move || {
+        if let Some(input) = stdin {
+            // The binary may be gone before it read everything.
+            let _ = pipe.write_all(input.as_bytes());
+        }
+    });
+    let mut first = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    stdout.read_line(&mut first).expect("a first line");
+    drop(stdout);
+    let output = child.wait_with_output().expect("binary exits");
+    feeder.join().expect("feeder");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_stdout_ends_printing_commands_quietly_like_unix_tools() {
+    use std::os::unix::process::ExitStatusExt;
+    let many_frames = format!("{WORKED_EXAMPLE}\n").repeat(20_000);
+    let cases: [(&[&str], Option<String>); 2] = [
+        (&["frame", "decode", "-"], Some(many_frames)),
+        (&["plugin", "inspect", "builtin:http"], None),
+    ];
+    for (args, stdin) in cases {
+        let (status, stderr) = into_head(args, stdin);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(
+            // 13: SIGPIPE, on every Unix.
+            status.success() || status.signal() == Some(13),
+            "{args:?}: {status:?} {stderr}"
+        );
+    }
+}

@@ -75,6 +75,9 @@ enum Command {
 
 /// Runs the parsed command and returns the process exit status.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if cli.command.prints_and_exits() {
+        die_quietly_on_closed_stdout();
+    }
     match cli.command {
         Command::Run { policy } => run::run(&policy),
         Command::Check { policy } => check::run(&policy),
@@ -87,6 +90,33 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::SessionManagerPlugin { args } => drop_in::run(&args),
         Command::InstallPlugin(args) => install::run(&args),
         Command::SshProxy(args) => drop_in::ssh_proxy::run(args),
+    }
+}
+
+impl Command {
+    /// Whether the command prints its result and ends, like a Unix filter: its reader going
+    /// away (`… | head -1`) should end it quietly, not with a panic.
+    fn prints_and_exits(&self) -> bool {
+        match self {
+            Self::Check { .. } | Self::Frame(_) | Self::Plugin(_) | Self::InstallPlugin(_) => true,
+            // They keep tunnels (or an emulator) up: a closed log reader must not end them,
+            // and stdout of a stream session is the stream (a write error ends it cleanly).
+            Self::Run { .. } | Self::SessionManagerPlugin { .. } | Self::SshProxy(_) => false,
+            #[cfg(feature = "emulator")]
+            Self::Demo(_) | Self::Emulator(_) => false,
+        }
+    }
+}
+
+/// Restores the default action of SIGPIPE, which Rust programs start with ignored: a write to
+/// a closed stdout then ends the process with SIGPIPE (status 141 in a shell), as Unix tools
+/// do, instead of `println!` panicking with a backtrace.
+fn die_quietly_on_closed_stdout() {
+    // SAFETY: called on the main thread before any other thread exists (no runtime yet);
+    // setting a signal's disposition to its default touches no memory of ours.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -534,3 +534,22 @@ async fn sigterm_terminates_the_stream_session_and_exits_0() {
     // Terminated at the service before the process ended, not left to time out.
     assert!(active_sessions(&emulator).is_empty());
 }
+
+#[test]
+fn ssh_proxy_refuses_a_cleartext_endpoint_on_another_host() {
+    let output = ssm_tether()
+        .args([
+            "ssh-proxy",
+            TARGET,
+            "--endpoint-url",
+            "http://10.0.0.1:4566",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--allow-insecure-endpoint"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(output.stdout.is_empty());
+}

@@ -22,5 +22,6 @@ pub mod policy;
 pub mod recovery;
 pub mod reload;
 pub mod transport;
+pub mod trusted_file;
 pub mod tunnel;
 pub mod version;

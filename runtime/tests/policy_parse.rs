@@ -744,3 +744,98 @@ fn unix_local_addresses_resolve_against_the_policy_file_and_may_not_clash() {
         "{e}"
     );
 }
+
+#[test]
+fn durations_are_capped_so_that_no_clock_arithmetic_can_overflow() {
+    let base = "[[tunnel]]\nname = \"a\"\ntarget = \"i-1\"\nremote_port = 1\n";
+    for (key, line) in [
+        (
+            "slow_reader_timeout",
+            "slow_reader_timeout = \"300000000y\"\n",
+        ),
+        ("ping_interval", "ping_interval = \"31days\"\n"),
+    ] {
+        let e = err(&format!("{base}{line}"));
+        assert!(
+            e.starts_with("tunnels.toml:5:") && e.contains(&format!("tunnel[0].{key}")),
+            "{e}"
+        );
+        assert!(e.contains("is longer than 30days"), "{e}");
+    }
+    let e = err(&format!(
+        "[defaults.recovery]\ngive_up_after = \"100000d\"\n{base}"
+    ));
+    assert!(
+        e.starts_with("tunnels.toml:2:17: defaults.recovery.give_up_after"),
+        "{e}"
+    );
+    let p = ok(&format!(
+        "{base}[tunnel.recovery]\ngive_up_after = \"30d\"\n"
+    ));
+    assert_eq!(
+        p.tunnels[0].recovery.give_up_after,
+        Some(Duration::from_secs(30 * 86_400))
+    );
+}
+
+#[test]
+fn a_cleartext_endpoint_is_refused_unless_it_is_this_machine_or_allowed() {
+    let base = "[[tunnel]]\nname = \"a\"\ntarget = \"i-1\"\nremote_port = 1\n";
+    let e = err(&format!(
+        "{base}endpoint_url = \"http://ssm.example.com\"\n"
+    ));
+    assert!(
+        e.starts_with(
+            "tunnels.toml:5:16: tunnel[0].endpoint_url: \"http://ssm.example.com\" sends session \
+             tokens unencrypted"
+        ),
+        "{e}"
+    );
+    assert!(e.contains("allow_insecure_endpoint = true"), "{e}");
+    // From [defaults], the error points there.
+    let e = err(&format!(
+        "[defaults]\nendpoint_url = \"http://10.0.0.1:4566\"\n{base}"
+    ));
+    assert!(
+        e.starts_with("tunnels.toml:2:16: defaults.endpoint_url"),
+        "{e}"
+    );
+    for fine in [
+        "endpoint_url = \"https://ssm.example.com\"\n",
+        "endpoint_url = \"http://127.0.0.1:4566\"\n",
+        "endpoint_url = \"http://localhost:4566\"\n",
+        "endpoint_url = \"http://[::1]:4566\"\n",
+        "endpoint_url = \"http://ssm.example.com\"\nallow_insecure_endpoint = true\n",
+    ] {
+        ok(&format!("{base}{fine}"));
+    }
+    ok(&format!(
+        "[defaults]\nallow_insecure_endpoint = true\n{base}endpoint_url = \"http://10.1.2.3\"\n"
+    ));
+}
+
+#[test]
+fn only_a_bounded_regular_file_is_read_as_a_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A FIFO would block a plain read until a writer came; /dev/zero would never end.
+    let fifo = dir.path().join("fifo.toml");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(status.success());
+    for (path, expected) in [
+        (fifo.as_path(), "not a regular file"),
+        (Path::new("/dev/zero"), "not a regular file"),
+        (dir.path(), "not a regular file"),
+    ] {
+        let e = policy::load(path)
+            .expect_err("not a policy file")
+            .to_string();
+        assert!(e.contains(expected), "{}: {e}", path.display());
+    }
+    let big = dir.path().join("big.toml");
+    std::fs::write(&big, "# padding\n".repeat(200_000)).expect("write");
+    let e = policy::load(&big).expect_err("too large").to_string();
+    assert!(e.contains("larger than 1048576 bytes"), "{e}");
+}

@@ -91,6 +91,26 @@ impl fmt::Debug for SessionGrant {
     }
 }
 
+/// Whether `url` is plain `http://` (or `ws://`) to a host other than this machine: a session
+/// token sent to it, or received from it, would cross the network unencrypted. Anything that
+/// is not such a URL (https, loopback, unparsable) is `false`; checking the form is the
+/// caller's business.
+pub fn is_cleartext_to_another_host(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    if !matches!(uri.scheme_str(), Some("http" | "ws")) {
+        return false;
+    }
+    let host = uri.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    !loopback
+}
+
 /// `scheme://host/path` with any query replaced by `?<redacted>`: safe to log.
 pub fn redact_url(url: &str) -> String {
     match url.split_once('?') {

@@ -44,7 +44,13 @@
 //! * `region`: AWS region (default: the SDK's resolution — `AWS_REGION`, the profile …).
 //! * `profile`: shared-config profile (default: `AWS_PROFILE` or `default`).
 //! * `endpoint_url`: the SSM API endpoint, `http(s)://host[:port]`; the emulator is reached
-//!   this way. Default: the region's public endpoint.
+//!   this way. Default: the region's public endpoint. Plain `http://` only to this machine
+//!   (loopback), unless `allow_insecure_endpoint = true`: the session token would cross the
+//!   network unencrypted.
+//! * `allow_insecure_endpoint` (default `false`): see `endpoint_url`.
+//!
+//! Every duration is at most 30 days; the file itself at most 1 MiB, and a warning says so
+//! when the policy file or a plugin file is writable by group or others.
 //! * `aws_config_file`, `aws_credentials_file`: shared config / credentials files to read instead
 //!   of `~/.aws/config` / `~/.aws/credentials` (like `AWS_CONFIG_FILE` /
 //!   `AWS_SHARED_CREDENTIALS_FILE`); relative paths are relative to the policy file. Both are
@@ -371,6 +377,9 @@ impl TunnelSpec {
     }
 }
 
+/// Largest policy file read: a policy of a hundred tunnels is a few tens of KiB.
+pub const MAX_POLICY_BYTES: u64 = 1 << 20;
+
 /// Reads and validates the policy file at `path`.
 ///
 /// # Errors
@@ -378,10 +387,24 @@ impl TunnelSpec {
 /// given) as the file name in messages.
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
     let display = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+    let read_error = |source| PolicyError::Read {
         path: display.clone(),
         source,
+    };
+    let bytes = crate::trusted_file::read(path, MAX_POLICY_BYTES).map_err(|err| match err {
+        crate::trusted_file::ReadError::Io(err) => read_error(err),
+        other => read_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            other.to_string(),
+        )),
     })?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        read_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not UTF-8 text",
+        ))
+    })?;
+    crate::trusted_file::warn_if_writable_by_others(path, "policy file");
     let mut policy = parse(&display, &text)?;
     // Relative AWS file paths mean "next to the policy file", not "in whatever directory the
     // daemon happens to be started from".
@@ -411,10 +434,11 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
             .chain(plugins.hooks.iter_mut())
             .map(|p| &mut p.source);
         for source in sources {
-            if let PluginSource::File(file) = source
-                && file.is_relative()
-            {
-                *file = base.join(&*file);
+            if let PluginSource::File(file) = source {
+                if file.is_relative() {
+                    *file = base.join(&*file);
+                }
+                crate::trusted_file::warn_if_writable_by_others(file, "plugin");
             }
         }
     }

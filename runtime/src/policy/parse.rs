@@ -29,12 +29,17 @@ mod plugins;
 
 type Result<T> = std::result::Result<T, PolicyError>;
 
+/// The longest duration any key accepts: far beyond every sensible setting, and short enough
+/// that adding it to a clock reading can never overflow.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 const ROOT_KEYS: &[&str] = &["defaults", "tunnel"];
 /// Keys valid in both `[defaults]` and `[[tunnel]]`.
 const SHARED_KEYS: &[&str] = &[
     "region",
     "profile",
     "endpoint_url",
+    "allow_insecure_endpoint",
     "aws_config_file",
     "aws_credentials_file",
     "reason",
@@ -161,6 +166,7 @@ struct Layer {
     region: Option<Sourced<String>>,
     profile: Option<Sourced<String>>,
     endpoint_url: Option<Sourced<String>>,
+    allow_insecure_endpoint: Option<bool>,
     config_file: Option<Sourced<String>>,
     credentials_file: Option<Sourced<String>>,
     reason: Option<Sourced<String>>,
@@ -400,6 +406,16 @@ impl<'s, 't, 'i> TableReader<'s, 't, 'i> {
                 format_args!("is not {expected} ({e})"),
             )
         })?;
+        if duration > MAX_DURATION {
+            return Err(self.src.bad_value(
+                &value.span(),
+                self.field(key),
+                format_args!(
+                    "is longer than {}, the longest any setting accepts",
+                    humantime::format_duration(MAX_DURATION)
+                ),
+            ));
+        }
         if duration.is_zero() && !allow_zero {
             return Err(self.src.bad_value(
                 &value.span(),
@@ -511,6 +527,7 @@ fn read_layer(table: &TableReader<'_, '_, '_>) -> Result<Layer> {
     if let Some(e) = &endpoint_url {
         check_endpoint_url(table.src, e)?;
     }
+    let allow_insecure_endpoint = table.boolean("allow_insecure_endpoint")?;
     let config_file = table.string("aws_config_file")?;
     let credentials_file = table.string("aws_credentials_file")?;
     for file in [&config_file, &credentials_file].into_iter().flatten() {
@@ -575,6 +592,7 @@ fn read_layer(table: &TableReader<'_, '_, '_>) -> Result<Layer> {
         region,
         profile,
         endpoint_url,
+        allow_insecure_endpoint,
         config_file,
         credentials_file,
         reason,
@@ -729,6 +747,22 @@ fn read_tunnel(table: &TableReader<'_, '_, '_>, defaults: &Layer) -> Result<Pars
     };
 
     let layer = read_layer(table)?;
+    let endpoint = pick(&layer.endpoint_url, &defaults.endpoint_url);
+    let allow_insecure = layer
+        .allow_insecure_endpoint
+        .or(defaults.allow_insecure_endpoint)
+        .unwrap_or(false);
+    if let Some(e) = endpoint
+        && !allow_insecure
+        && crate::aws::is_cleartext_to_another_host(&e.value)
+    {
+        return Err(src.bad_value(
+            &e.span,
+            &e.field,
+            "sends session tokens unencrypted to another host; use https, a loopback \
+             address, or set allow_insecure_endpoint = true",
+        ));
+    }
     let aws = AwsSettings {
         region: pick(&layer.region, &defaults.region).map(|s| s.value.clone()),
         profile: pick(&layer.profile, &defaults.profile).map(|s| s.value.clone()),

@@ -47,6 +47,10 @@ pub(crate) struct SshProxyArgs {
     /// The session document (a custom Port document without `localPortNumber`).
     #[arg(long, default_value = SSH_DOCUMENT)]
     document_name: String,
+    /// Allow a plain `http://` endpoint on another host (the session token then crosses the
+    /// network unencrypted); loopback endpoints need no permission.
+    #[arg(long)]
+    allow_insecure_endpoint: bool,
 }
 
 /// Starts the session and runs it over stdin/stdout; a failed StartSession is one line and
@@ -54,6 +58,18 @@ pub(crate) struct SshProxyArgs {
 pub(crate) fn run(args: SshProxyArgs) -> anyhow::Result<ExitCode> {
     // ssh shows this process's stderr on every connection: only what fails for good.
     crate::cli::init_logging_with("error");
+    if let Some(url) = &args.endpoint_url
+        && !args.allow_insecure_endpoint
+        && ssm_tether::aws::is_cleartext_to_another_host(url)
+    {
+        eprintln!(
+            "ssm-tether ssh-proxy: --endpoint-url {}: plain http to another host would send the \
+             session token unencrypted; use https, a loopback address, or \
+             --allow-insecure-endpoint",
+            printable(url)
+        );
+        return Ok(ExitCode::from(crate::cli::EXIT_USAGE));
+    }
     let settings = AwsSettings {
         region: args.region.clone(),
         profile: args.profile.clone(),

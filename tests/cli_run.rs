@@ -287,3 +287,106 @@ async fn run_reloads_plugins_on_sighup_and_keeps_them_when_a_reload_fails() {
         .expect("waits");
     assert_eq!(exit.code(), Some(0), "exit status of run after SIGTERM");
 }
+
+/// `ssm-tether run` of one echo tunnel whose SSM API goes through a proxy the test can
+/// freeze; returns the child, the local address, the freeze flag and the session id, once
+/// bytes flow.
+async fn run_behind_a_freezable_api(
+    emulator: &ssm_emulator::Emulator,
+    files: &AwsFiles,
+) -> (
+    std::process::Child,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    String,
+) {
+    let (endpoint, frozen) = support::freezable_api_proxy(emulator.endpoint_url()).await;
+    let echo = echo_server().await;
+    let port = free_port();
+    let policy = files.dir.path().join("tunnels.toml");
+    std::fs::write(&policy, echo_tunnel(&endpoint, echo, port)).expect("policy");
+    let child = ssm_tether()
+        .arg("run")
+        .arg(&policy)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let local = format!("127.0.0.1:{port}").parse().expect("addr");
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(local).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (sent, received) = support::echo_through(local, 6, 50_000).await;
+    assert_eq!(sent, received, "bytes through `ssm-tether run`");
+    let session_id = emulator.faults().sessions()[0].session_id.clone();
+    (child, frozen, session_id)
+}
+
+fn terminate_calls(emulator: &ssm_emulator::Emulator) -> usize {
+    emulator
+        .events()
+        .snapshot()
+        .iter()
+        .filter(|r| {
+            matches!(&r.event, Event::Api { operation, error: None, .. } if operation == "TerminateSession")
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_api_at_shutdown_still_gets_every_session_terminated() {
+    let emulator = emulator(|_| {}).await;
+    let files = AwsFiles::new("AKIDSLOW");
+    let (child, frozen, _) = run_behind_a_freezable_api(&emulator, &files).await;
+    // The API answers nothing for 12 s, as slow SSO or credential_process loading would
+    // make it (longer than the 10 s the budget used to be).
+    frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    signal(&child, "TERM");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    frozen.store(false, std::sync::atomic::Ordering::SeqCst);
+    let exit = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .expect("join")
+        .expect("waits");
+    let stderr = String::from_utf8_lossy(&exit.stderr);
+    assert_eq!(exit.status.code(), Some(0), "{stderr}");
+    assert_eq!(terminate_calls(&emulator), 1, "{stderr}");
+    assert!(!stderr.contains("may remain"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_and_names_the_sessions_that_may_remain() {
+    let emulator = emulator(|_| {}).await;
+    let files = AwsFiles::new("AKIDTWICE");
+    let (mut child, frozen, session_id) = run_behind_a_freezable_api(&emulator, &files).await;
+    let lines = stderr_lines(&mut child);
+    frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    signal(&child, "INT");
+    // Shutdown is waiting for the API (up to its budget, a minute); the user insists.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "still shutting down"
+    );
+    let asked = std::time::Instant::now();
+    signal(&child, "INT");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("waits");
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+    frozen.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(status.code(), Some(1));
+    let said: Vec<String> = lines.try_iter().collect();
+    let line = said
+        .iter()
+        .find(|l| l.contains("SIGINT again"))
+        .unwrap_or_else(|| panic!("no line about the second signal: {said:?}"));
+    assert!(line.contains(&session_id), "{line}");
+}

@@ -184,6 +184,54 @@ pub(crate) fn shutdown_signal() -> anyhow::Result<impl Future<Output = &'static 
     })
 }
 
+/// Runs `stop` (a shutdown that terminates sessions, which may take up to the tunnel's
+/// terminate budget when the API is slow) unless SIGINT or SIGTERM arrives again: then it is
+/// cut short at once, and one line names the sessions that may remain at the service until it
+/// times them out. Afterwards the same is said, as a warning, of any session whose
+/// termination did not succeed. Returns `false` when cut short.
+pub(crate) async fn stop_or_second_signal(
+    stop: impl Future<Output = ()>,
+    live: &[ssm_tether::tunnel::LiveSessions],
+) -> bool {
+    let remaining = || -> Vec<String> { live.iter().flat_map(|l| l.ids()).collect() };
+    let second = match shutdown_signal() {
+        Ok(second) => second,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot handle a second signal");
+            stop.await;
+            return true;
+        }
+    };
+    let completed = tokio::select! {
+        () = stop => true,
+        signal = second => {
+            eprintln!(
+                "ssm-tether: {signal} again: exiting without waiting; sessions that may remain \
+                 until the service times them out: {}",
+                list_or_none(&remaining())
+            );
+            false
+        }
+    };
+    if completed {
+        let left = remaining();
+        if !left.is_empty() {
+            tracing::warn!(sessions = %list_or_none(&left),
+                "these sessions could not be terminated and may remain until the service \
+                 times them out");
+        }
+    }
+    completed
+}
+
+fn list_or_none(ids: &[String]) -> String {
+    if ids.is_empty() {
+        "none".to_owned()
+    } else {
+        ids.join(", ")
+    }
+}
+
 /// Jitter seed for the tunnel at `index`: different across tunnels and runs, so a fleet does
 /// not retry in lockstep.
 pub(crate) fn jitter_seed(index: usize) -> u64 {

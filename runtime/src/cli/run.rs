@@ -65,17 +65,21 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
             failed = first_failure(&mut tunnels) => Err(failed),
             never = reload_loop(&mut reloader, hangup) => match never {},
         };
-        match outcome {
+        let live: Vec<_> = tunnels.iter().map(Tunnel::live_sessions).collect();
+        let code = match outcome {
             Ok(signal) => {
                 tracing::info!(signal, "stopping: terminating sessions");
-                stop_all(tunnels).await;
-                Ok(ExitCode::SUCCESS)
+                ExitCode::SUCCESS
             }
             Err(err) => {
                 eprintln!("ssm-tether: {err}");
-                stop_all(tunnels).await;
-                Ok(ExitCode::from(EXIT_FAILURE))
+                ExitCode::from(EXIT_FAILURE)
             }
+        };
+        if super::stop_or_second_signal(stop_all(tunnels), &live).await {
+            Ok(code)
+        } else {
+            Ok(ExitCode::from(EXIT_FAILURE))
         }
     })
 }

@@ -30,6 +30,7 @@ use crate::policy::{
 };
 use crate::recovery::RecoverySettings;
 pub use api::{SessionApi, StartRequest};
+pub use shell::LiveSessions;
 
 /// Everything a tunnel needs to run.
 #[derive(Clone, Debug)]
@@ -146,6 +147,7 @@ impl TunnelConfig {
             smux_keepalive: self.smux_keepalive,
             seed: self.seed,
             single_stream: self.local.is_stream(),
+            terminate_budget: TERMINATE_BUDGET,
             ..CoreConfig::default()
         }
     }
@@ -154,6 +156,15 @@ impl TunnelConfig {
 /// Limit for one WebSocket upgrade (the official client's dialer allows 45 s; a healthy
 /// upgrade takes well under a second, and a stuck one is better retried).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Limit of one StartSession or ResumeSession call: the SDK's own limit for the request and
+/// its retry (35 s) plus time to load credentials (SSO, `credential_process`).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// How long shutdown waits, after the TerminateSession flags, for StartSession calls still in
+/// flight (each at most [`CALL_TIMEOUT`]) and for every TerminateSession call, credential
+/// loading included, before it gives up and names the sessions that may remain.
+pub const TERMINATE_BUDGET: Duration = Duration::from_secs(60);
 
 /// Why a tunnel stopped on its own.
 #[derive(Debug, thiserror::Error)]
@@ -195,8 +206,9 @@ pub struct Tunnel {
     events: broadcast::Sender<TunnelEvent>,
     status: watch::Receiver<TunnelStatus>,
     shutdown: watch::Sender<bool>,
-    task: JoinHandle<Stopped>,
+    task: JoinHandle<Result<Stopped, String>>,
     acceptor: JoinHandle<()>,
+    live: LiveSessions,
     /// A stream local end: resolves once its output is written.
     flushed: Option<tokio::sync::oneshot::Receiver<()>>,
 }
@@ -266,13 +278,17 @@ impl Tunnel {
                 reason: config.reason.clone(),
             },
             connect_timeout: config.connect_timeout,
-            terminate_timeout: CoreConfig::default().terminate_budget,
+            call_timeout: CALL_TIMEOUT,
+            terminate_timeout: TERMINATE_BUDGET,
         };
         let span = tracing::info_span!("tunnel", name = %config.name);
-        let task = tokio::spawn(tracing::Instrument::instrument(
+        let api = Arc::new(api);
+        let live = LiveSessions::default();
+        let shell_task = tokio::spawn(tracing::Instrument::instrument(
             shell::run(
                 core,
-                Arc::new(api),
+                api.clone(),
+                live.clone(),
                 shell_config,
                 shell::Outlets {
                     events: events.clone(),
@@ -287,6 +303,12 @@ impl Tunnel {
             ),
             span,
         ));
+        let task = tokio::spawn(supervise(
+            shell_task,
+            api,
+            live.clone(),
+            config.name.clone(),
+        ));
         Ok(Self {
             name: config.name,
             local,
@@ -295,8 +317,15 @@ impl Tunnel {
             shutdown,
             task,
             acceptor,
+            live,
             flushed,
         })
+    }
+
+    /// The sessions this tunnel started and has not seen terminated: what may remain at the
+    /// service if the process ends now (for a second signal that cuts shutdown short).
+    pub fn live_sessions(&self) -> LiveSessions {
+        self.live.clone()
     }
 
     /// Where the tunnel accepts connections (a TCP port 0 resolved to the port it got).
@@ -371,7 +400,20 @@ impl Tunnel {
         }
     }
 
-    fn flatten(&self, result: Result<Stopped, tokio::task::JoinError>) -> Result<(), TunnelError> {
+    fn flatten(
+        &self,
+        result: Result<Result<Stopped, String>, tokio::task::JoinError>,
+    ) -> Result<(), TunnelError> {
+        let result = match result {
+            Ok(Ok(stopped)) => Ok(stopped),
+            Ok(Err(detail)) => {
+                return Err(TunnelError::Internal {
+                    name: self.name.clone(),
+                    detail,
+                });
+            }
+            Err(err) => Err(err),
+        };
         match result {
             Ok(Stopped::Requested) => Ok(()),
             Ok(Stopped::Ended(reason)) => {
@@ -388,6 +430,45 @@ impl Tunnel {
             }),
         }
     }
+}
+
+/// Waits for the tunnel's task. If it panicked, its core (and the knowledge of which sessions
+/// are forwarding) is gone, but [`LiveSessions`] is not: every session in it is terminated,
+/// within [`TERMINATE_BUDGET`] each, so that a bug does not leave sessions behind.
+async fn supervise<A: SessionApi>(
+    task: JoinHandle<Stopped>,
+    api: Arc<A>,
+    live: LiveSessions,
+    name: String,
+) -> Result<Stopped, String> {
+    let failure = match task.await {
+        Ok(stopped) => return Ok(stopped),
+        Err(err) if err.is_panic() => {
+            let payload = err.into_panic();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            format!("the tunnel's task panicked: {message}")
+        }
+        Err(err) => format!("the tunnel's task ended: {err}"),
+    };
+    tracing::error!(tunnel = %name, failure, "terminating the tunnel's sessions");
+    let ids = live.ids();
+    let terminations = ids
+        .iter()
+        .map(|id| shell::terminate(&*api, &live, id, TERMINATE_BUDGET));
+    for (id, result) in ids
+        .iter()
+        .zip(futures_util::future::join_all(terminations).await)
+    {
+        match result {
+            Ok(()) => tracing::info!(session_id = %id, "session terminated"),
+            Err(err) => tracing::warn!(session_id = %id, error = %err, "TerminateSession failed"),
+        }
+    }
+    Err(failure)
 }
 
 async fn accept_loop(
@@ -407,5 +488,93 @@ async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::aws::{ApiError, ApiErrorKind, SessionGrant, UpgradeRequest};
+
+    /// Records TerminateSession calls; the first one for `slow` answers only after a while,
+    /// as a credential source that takes its time would.
+    #[derive(Default)]
+    struct Recorder {
+        terminated: Mutex<Vec<String>>,
+    }
+
+    impl SessionApi for Recorder {
+        async fn start_session(&self, _: &StartRequest) -> Result<SessionGrant, ApiError> {
+            Err(ApiError::new("StartSession", ApiErrorKind::Other, "unused"))
+        }
+
+        async fn resume_session(&self, _: &str) -> Result<Option<SessionGrant>, ApiError> {
+            Err(ApiError::new(
+                "ResumeSession",
+                ApiErrorKind::Other,
+                "unused",
+            ))
+        }
+
+        async fn terminate_session(&self, session_id: &str) -> Result<(), ApiError> {
+            if session_id == "slow" {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+            }
+            self.terminated
+                .lock()
+                .expect("lock")
+                .push(session_id.to_owned());
+            Ok(())
+        }
+
+        async fn upgrade_request(&self, _: &str) -> Result<UpgradeRequest, ApiError> {
+            Err(ApiError::new("Upgrade", ApiErrorKind::Other, "unused"))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tunnel_task_that_panics_still_has_its_sessions_terminated() {
+        let live = LiveSessions::default();
+        for id in ["s-1", "slow"] {
+            live.insert(id);
+        }
+        let task: JoinHandle<Stopped> = tokio::spawn(async { panic!("a bug in the core") });
+        let api = Arc::new(Recorder::default());
+        let result = supervise(task, api.clone(), live.clone(), "db".into()).await;
+        let failure = result.expect_err("a panic is a failure");
+        assert!(failure.contains("a bug in the core"), "{failure}");
+        let mut terminated = api.terminated.lock().expect("lock").clone();
+        terminated.sort();
+        // The slow one too: the budget covers slow credential loading.
+        assert_eq!(terminated, ["s-1", "slow"]);
+        assert!(live.ids().is_empty(), "{:?}", live.ids());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_termination_that_never_answers_is_abandoned_at_the_budget_and_stays_listed() {
+        struct Silent;
+        impl SessionApi for Silent {
+            async fn start_session(&self, _: &StartRequest) -> Result<SessionGrant, ApiError> {
+                std::future::pending().await
+            }
+            async fn resume_session(&self, _: &str) -> Result<Option<SessionGrant>, ApiError> {
+                std::future::pending().await
+            }
+            async fn terminate_session(&self, _: &str) -> Result<(), ApiError> {
+                std::future::pending().await
+            }
+            async fn upgrade_request(&self, _: &str) -> Result<UpgradeRequest, ApiError> {
+                std::future::pending().await
+            }
+        }
+        let live = LiveSessions::default();
+        live.insert("s-9");
+        let started = tokio::time::Instant::now();
+        let result = shell::terminate(&Silent, &live, "s-9", TERMINATE_BUDGET).await;
+        assert!(result.is_err());
+        assert_eq!(started.elapsed(), TERMINATE_BUDGET);
+        assert_eq!(live.ids(), ["s-9"], "it may remain, so it is still named");
     }
 }

@@ -337,3 +337,62 @@ pub async fn slow_api_proxy(upstream: String, delay: Duration) -> String {
     });
     format!("http://{addr}")
 }
+
+/// A TCP proxy in front of an HTTP endpoint (`http://host:port`) that can be frozen at will:
+/// while the returned flag is set, no byte passes in either direction, so a request made then
+/// reaches the service only once the flag is cleared. An SSM endpoint that stops answering —
+/// or a credential source that takes its time before the request can even be signed — at a
+/// moment the test chooses. Returns the proxy's URL and the flag.
+pub async fn freezable_api_proxy(
+    upstream: String,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let frozen = Arc::new(AtomicBool::new(false));
+    let upstream = upstream
+        .strip_prefix("http://")
+        .expect("an http:// endpoint")
+        .to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let addr = listener.local_addr().expect("addr");
+    let flag = frozen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (upstream, frozen) = (upstream.clone(), flag.clone());
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(pump_unless_frozen(
+                    client_read,
+                    server_write,
+                    frozen.clone(),
+                ));
+                pump_unless_frozen(server_read, client_write, frozen).await;
+            });
+        }
+    });
+    (format!("http://{addr}"), frozen)
+}
+
+async fn pump_unless_frozen(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

@@ -60,10 +60,17 @@ pub(super) async fn run(
     match stopped {
         Ok(signal) => {
             tracing::info!(signal, "stopping: terminating the session");
-            if let Err(err) = tunnel.shutdown().await {
-                tracing::warn!(error = %err, "tunnel stopped with an error");
+            let live = [tunnel.live_sessions()];
+            let stop = async {
+                if let Err(err) = tunnel.shutdown().await {
+                    tracing::warn!(error = %err, "tunnel stopped with an error");
+                }
+            };
+            if crate::cli::stop_or_second_signal(stop, &live).await {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::from(EXIT_FAILURE))
             }
-            Ok(ExitCode::SUCCESS)
         }
         // A stream ends without error when its application or the agent ends it.
         Err(Ok(())) if stream => Ok(ExitCode::SUCCESS),

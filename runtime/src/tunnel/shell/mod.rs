@@ -53,7 +53,69 @@ pub(crate) struct ShellConfig {
     pub(crate) name: String,
     pub(crate) start: StartRequest,
     pub(crate) connect_timeout: Duration,
+    /// Limit of one StartSession or ResumeSession call, credential loading included.
+    pub(crate) call_timeout: Duration,
+    /// Limit of one TerminateSession call, credential loading included.
     pub(crate) terminate_timeout: Duration,
+}
+
+/// The SSM sessions a tunnel has started and not yet seen terminated: what may remain at the
+/// service if the process ends now. Kept outside the core so that it survives a panic of the
+/// tunnel's task and can be reported when a second signal cuts shutdown short.
+#[derive(Clone, Debug, Default)]
+pub struct LiveSessions(Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>);
+
+impl LiveSessions {
+    /// The session ids, in order.
+    pub fn ids(&self) -> Vec<String> {
+        self.lock().iter().cloned().collect()
+    }
+
+    pub(crate) fn insert(&self, id: &str) {
+        self.lock().insert(id.to_owned());
+    }
+
+    fn remove(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        // A poisoned lock only means a panic elsewhere; the set itself is still valid.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Runs `call` for at most `limit`; a call that does not answer in time fails like a
+/// transport error, so that the core can go on (and shutdown can finish).
+async fn bounded<T>(
+    operation: &'static str,
+    limit: Duration,
+    call: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(ApiError::new(
+            operation,
+            crate::aws::ApiErrorKind::Transport,
+            format!("no answer within {}", humantime::format_duration(limit)),
+        ))
+    })
+}
+
+/// Terminates `session_id` at the service within `limit`; a session that is already gone
+/// counts as terminated. Returns the call's result.
+pub(crate) async fn terminate<A: SessionApi>(
+    api: &A,
+    live: &LiveSessions,
+    session_id: &str,
+    limit: Duration,
+) -> Result<(), ApiError> {
+    let result = bounded("TerminateSession", limit, api.terminate_session(session_id)).await;
+    if result.as_ref().is_ok() || result.as_ref().is_err_and(ApiError::is_session_gone) {
+        live.remove(session_id);
+    }
+    result
 }
 
 /// The channels the shell reports on.
@@ -73,6 +135,7 @@ pub(crate) struct Inlets {
 struct Shell<A> {
     core: Core,
     api: Arc<A>,
+    live: LiveSessions,
     config: ShellConfig,
     identity: ClientIdentity,
     outlets: Outlets,
@@ -90,6 +153,7 @@ struct Shell<A> {
 pub(crate) async fn run<A: SessionApi>(
     core: Core,
     api: Arc<A>,
+    live: LiveSessions,
     config: ShellConfig,
     outlets: Outlets,
     mut inlets: Inlets,
@@ -99,6 +163,7 @@ pub(crate) async fn run<A: SessionApi>(
     let mut shell = Shell {
         core,
         api,
+        live,
         config,
         identity: ClientIdentity::default(),
         outlets,
@@ -226,33 +291,30 @@ impl<A: SessionApi> Shell<A> {
                     self.config.start.clone(),
                     self.control_tx.clone(),
                 );
+                let (live, limit) = (self.live.clone(), self.config.call_timeout);
                 tokio::spawn(async move {
-                    let result = api.start_session(&request).await;
+                    let result = bounded("StartSession", limit, api.start_session(&request)).await;
+                    // Recorded before the core hears of it: from now on it may need ending.
+                    if let Ok(grant) = &result {
+                        live.insert(&grant.session_id);
+                    }
                     let _ = tx.send(Input::Started(op, result));
                 });
             }
             Action::ResumeSession { op, session_id } => {
                 let (api, tx) = (self.api.clone(), self.control_tx.clone());
+                let limit = self.config.call_timeout;
                 tokio::spawn(async move {
-                    let result = api.resume_session(&session_id).await;
+                    let result =
+                        bounded("ResumeSession", limit, api.resume_session(&session_id)).await;
                     let _ = tx.send(Input::Resumed(op, result));
                 });
             }
             Action::TerminateSession { op, session_id } => {
                 let (api, tx) = (self.api.clone(), self.control_tx.clone());
-                let timeout = self.config.terminate_timeout;
+                let (live, limit) = (self.live.clone(), self.config.terminate_timeout);
                 tokio::spawn(async move {
-                    let result =
-                        match tokio::time::timeout(timeout, api.terminate_session(&session_id))
-                            .await
-                        {
-                            Ok(result) => result,
-                            Err(_) => Err(ApiError::new(
-                                "TerminateSession",
-                                crate::aws::ApiErrorKind::Transport,
-                                format!("no answer within {}", humantime::format_duration(timeout)),
-                            )),
-                        };
+                    let result = terminate(&*api, &live, &session_id, limit).await;
                     let _ = tx.send(Input::Terminated(op, result));
                 });
             }

@@ -390,3 +390,71 @@ async fn a_second_signal_exits_at_once_and_names_the_sessions_that_may_remain() 
         .unwrap_or_else(|| panic!("no line about the second signal: {said:?}"));
     assert!(line.contains(&session_id), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_at_trace_level_logs_no_token_credential_or_signature() {
+    const SECRET: &str = "SECRETKEY-trace-scan";
+    const SESSION_TOKEN: &str = "SESSIONTOKEN-trace-scan";
+    let emulator = emulator(|_| {}).await;
+    let echo = echo_server().await;
+    let files = AwsFiles::new("AKIDTRACE");
+    std::fs::write(
+        files.credentials(),
+        format!(
+            "[test]\naws_access_key_id = AKIDTRACE\naws_secret_access_key = {SECRET}\n\
+             aws_session_token = {SESSION_TOKEN}\n"
+        ),
+    )
+    .expect("credentials");
+    let port = free_port();
+    let policy = files.dir.path().join("tunnels.toml");
+    std::fs::write(&policy, echo_tunnel(&emulator.endpoint_url(), echo, port)).expect("policy");
+    let mut child = ssm_tether()
+        .arg("run")
+        .arg(&policy)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    // Read as it comes: a full pipe would block the logging tunnel.
+    let lines = stderr_lines(&mut child);
+    let local = format!("127.0.0.1:{port}").parse().expect("addr");
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(local).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (sent, received) = support::echo_through(local, 8, 100_000).await;
+    assert_eq!(sent, received);
+    // A recycle: ResumeSession's answer (a new token) and a new signed upgrade.
+    emulator
+        .faults()
+        .recycle(None, ssm_emulator::faults::SideSelection::Both)
+        .await
+        .expect("recycle");
+    let (sent, received) = support::echo_through(local, 9, 100_000).await;
+    assert_eq!(sent, received);
+    signal(&child, "TERM");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("waits");
+    assert_eq!(status.code(), Some(0));
+    let log: Vec<String> = lines.iter().collect();
+    assert!(log.len() > 50, "a trace-level log: {log:?}");
+    for secret in [
+        SECRET,
+        SESSION_TOKEN,
+        "TokenValue",
+        "Signature=",
+        "X-Amz-Signature",
+        "x-amz-security-token",
+        "X-Amz-Security-Token",
+        "cell-number=",
+    ] {
+        let leaked: Vec<&String> = log.iter().filter(|l| l.contains(secret)).collect();
+        assert!(leaked.is_empty(), "{secret} in the log: {leaked:?}");
+    }
+}

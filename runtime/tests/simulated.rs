@@ -574,3 +574,79 @@ fn a_refused_destination_closes_only_that_connection() {
     );
     assert_eq!(pair.core.status().restarts, 0, "the session itself is fine");
 }
+
+/// An agent message the service relays as if from the agent: output at `seq`.
+fn agent_output(seq: i64, payload: Vec<u8>) -> bytes::Bytes {
+    use ssm_tether::protocol::{ClientMessage, MessageType, PayloadType};
+    ClientMessage {
+        message_type: MessageType::OutputStreamData,
+        schema_version: 1,
+        created_date: 1_700_000_000_000,
+        sequence_number: seq,
+        flags: 0,
+        message_id: uuid::Uuid::from_u128(seq as u128),
+        payload_type: PayloadType::OUTPUT,
+        payload: bytes::Bytes::from(payload),
+    }
+    .encode()
+}
+
+#[test]
+fn an_oversized_frame_drops_only_that_socket_and_the_session_resumes_intact() {
+    let mut pair = Pair::new(config(), sim(), 21);
+    pair.run_for(Duration::from_secs(1));
+    for _ in 0..2 {
+        pair.open(AppSpec::stream(16 * 1024));
+    }
+    pair.run_for(Duration::from_secs(2));
+    let session = pair.active_sessions()[0].clone();
+    // A well-formed message, only too large: its size alone condemns the socket.
+    let frame = agent_output(1 << 40, vec![7; ssm_tether::channel::MAX_FRAME_LEN]);
+    let now = pair.now;
+    pair.world.inject_to_client(now, &session, frame);
+    pair.run_for(Duration::from_secs(5));
+    assert_intact(&mut pair);
+    let dropped = pair.count_events(|e| {
+        matches!(e, EventKind::Disconnected { cause: Cause::TransportError(detail) }
+            if detail.contains("exceeds"))
+    });
+    assert_eq!(
+        dropped, 1,
+        "the socket was not dropped for the oversized frame"
+    );
+    assert!(pair.core.status().resumes >= 1);
+    assert_eq!(pair.core.status().restarts, 0);
+    assert_eq!(pair.world.stats().started, 1, "the session was replaced");
+    assert!(pair.apps.values().all(|a| a.closed.is_none()));
+    assert!(pair.core.stopped().is_none());
+}
+
+#[test]
+fn a_flood_of_far_future_sequence_numbers_does_not_stop_uploads() {
+    let mut pair = Pair::new(config(), sim(), 22);
+    pair.run_for(Duration::from_secs(1));
+    for _ in 0..2 {
+        pair.open(AppSpec::stream(16 * 1024));
+    }
+    pair.run_for(Duration::from_secs(2));
+    let session = pair.active_sessions()[0].clone();
+    // Numbers the agent will never reach in this test, more than enough to fill the old
+    // reorder buffer (and, with it, to close the upload gate for good).
+    let now = pair.now;
+    for i in 0..20_000 {
+        pair.world
+            .inject_to_client(now, &session, agent_output(1_000_000 + i, vec![9; 1024]));
+    }
+    let before: Vec<u64> = pair.apps.values().map(|a| a.sent).collect();
+    pair.run_for(Duration::from_secs(10));
+    for (app, before) in pair.apps.values().zip(before) {
+        assert!(
+            app.sent >= before + 140 * 1024,
+            "uploads stalled: {} bytes in 10 s",
+            app.sent - before
+        );
+    }
+    assert_intact(&mut pair);
+    assert_eq!(pair.core.status().restarts, 0);
+    assert!(pair.apps.values().all(|a| a.closed.is_none()));
+}

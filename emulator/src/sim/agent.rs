@@ -194,14 +194,32 @@ impl Agent {
             }
             (_, Handshake::Complete) => match message.payload_type {
                 PayloadType::OUTPUT => self.on_output(&message.payload, now),
-                PayloadType::FLAG => {
-                    if let Ok(Flag::TerminateSession) = Flag::from_payload(&message.payload) {
-                        self.ended = Some(AgentEnd::TerminatedByClient);
+                PayloadType::FLAG => match Flag::from_payload(&message.payload) {
+                    Ok(Flag::TerminateSession) => self.ended = Some(AgentEnd::TerminatedByClient),
+                    Ok(Flag::DisconnectToPort) if matches!(self.port, Some(Port::Basic)) => {
+                        self.disconnect_to_port();
                     }
-                }
+                    _ => {}
+                },
                 _ => {}
             },
             _ => {}
+        }
+    }
+
+    /// Basic mode's DisconnectToPort (port_basic.go): the destination connection is closed,
+    /// and what had not yet been read from it is gone, but the chunk the agent's read loop
+    /// already holds is still sent, after the flag was processed. Without `type =
+    /// LocalPortForwarding` (sshd semantics) the session fails instead.
+    fn disconnect_to_port(&mut self) {
+        let forwarding =
+            self.properties.get("type").and_then(Value::as_str) == Some("LocalPortForwarding");
+        if forwarding {
+            self.pending.truncate(MAX_STREAM_PAYLOAD);
+        } else {
+            self.ended = Some(AgentEnd::ProtocolError(
+                "DisconnectToPort in a session without type LocalPortForwarding".into(),
+            ));
         }
     }
 

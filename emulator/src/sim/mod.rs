@@ -508,6 +508,15 @@ impl World {
         }
     }
 
+    /// The service relays `frame` to the session's current client socket as if it came from
+    /// the agent: a broken or hostile peer (an oversized frame, far-future sequence numbers).
+    pub fn inject_to_client(&mut self, now: Instant, session_id: &str, frame: Bytes) {
+        self.advance(now);
+        if let Some(handle) = self.client_of(session_id) {
+            self.schedule_to_client(handle, ToClient::Frame(frame));
+        }
+    }
+
     /// The next ResumeSession calls fail with these errors, in order.
     pub fn fail_resumes(&mut self, errors: &[SimApiError]) {
         self.resume_failures.extend_from_slice(errors);

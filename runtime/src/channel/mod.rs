@@ -23,13 +23,37 @@
 //!   reconnect everything unacknowledged is due at once, since the service drops frames for an
 //!   absent peer.
 //! * Incoming data is acknowledged only once it is accepted: if the application falls behind
-//!   by [`ChannelConfig::max_undelivered`] messages, in-order data is left unacknowledged and
-//!   the peer resends it later — the protocol's only form of receive flow control.
+//!   by [`ChannelConfig::max_undelivered`] messages (or `max_undelivered_bytes`), in-order
+//!   data is left unacknowledged and the peer resends it later — the protocol's only form of
+//!   receive flow control.
+//!
+//! Everything kept for the peer is bounded in bytes as well as in messages, so that a broken
+//! or hostile peer cannot make the channel grow (docs/design.md §6): a frame over
+//! [`MAX_FRAME_LEN`] is refused ([`FrameError::TooLarge`]; the caller drops that socket), only
+//! sequence numbers within [`ChannelConfig::max_reorder`] of the next expected one are kept
+//! (anything further ahead is dropped unacknowledged: it could not be delivered before the
+//! window moves, and the peer resends it), the reorder buffer and the undelivered events are
+//! capped in bytes, every kept payload is copied out of the socket's read buffer (a slice
+//! would pin the whole buffer), and acknowledgements waiting to be written are capped too.
 
 pub mod rtt;
 
 /// Acknowledgements remembered for sending again on the next connection.
 const RECENT_ACKS: usize = 256;
+
+/// The largest incoming frame (one WebSocket message) accepted, in bytes. Both official
+/// endpoints send at most 1024 payload bytes behind a 120-byte header (docs/protocol.md §2.1,
+/// §6.4), and the service's own frames (`channel_closed`, publication) are small JSON; 64 KiB
+/// leaves a wide margin for anything unforeseen while a peer can no longer make us hold the
+/// WebSocket library's default of 64 MiB per message.
+pub const MAX_FRAME_LEN: usize = 64 * 1024;
+
+/// Bytes charged to every kept incoming message beyond its payload: the decoded header and
+/// the container's bookkeeping.
+pub const ENTRY_OVERHEAD: usize = FRAME_OVERHEAD;
+
+/// What a message of the official endpoints' largest size costs to keep.
+const FULL_ENTRY: usize = MAX_STREAM_PAYLOAD + ENTRY_OVERHEAD;
 
 /// Floor of the first retransmission timer of a message written again on a fresh connection.
 const FRESH_RTO_FLOOR: Duration = Duration::from_millis(20);
@@ -67,11 +91,25 @@ pub struct ChannelConfig {
     pub role: Role,
     /// Most unacknowledged outgoing messages; beyond it [`Channel::send`] refuses.
     pub max_unacked: usize,
-    /// Most out-of-order incoming messages kept while waiting for a gap to fill.
+    /// The receive window, in sequence numbers: a message numbered this far or further
+    /// beyond the next expected one is dropped unacknowledged, so at most this many minus one
+    /// out-of-order messages are kept while waiting for a gap to fill.
     pub max_reorder: usize,
-    /// Most delivered events not yet taken by [`Channel::poll_event`] before new in-order data
-    /// is refused (left unacknowledged for the peer to resend).
+    /// Most bytes (payloads plus [`ENTRY_OVERHEAD`] each) of out-of-order messages kept.
+    pub max_reorder_bytes: usize,
+    /// Most delivered messages not yet taken by [`Channel::poll_event`] before new in-order
+    /// data is refused (left unacknowledged for the peer to resend).
     pub max_undelivered: usize,
+    /// Most bytes (payloads plus [`ENTRY_OVERHEAD`] each) of delivered messages not yet taken;
+    /// one message is always let through, whatever its size.
+    pub max_undelivered_bytes: usize,
+    /// Most bytes of acknowledgements waiting in the transmit queue; beyond it new ones are
+    /// not queued (the peer resends those messages, and they are acknowledged then).
+    pub max_queued_ack_bytes: usize,
+    /// How long a gap may go without the next expected message arriving before the messages
+    /// behind it stop counting in [`Channel::behind_gap`]: a peer that never fills a gap must
+    /// not throttle the other direction for ever.
+    pub gap_patience: Duration,
     /// Cap of the RTT-derived retransmission timeout (1 s in the official endpoints).
     pub max_rto: Duration,
     /// Floor of the retransmission timeout. The official endpoints floor at 10 ms, which on a
@@ -90,10 +128,19 @@ impl Default for ChannelConfig {
             max_unacked: 2048,
             // The agent resends only its oldest unacked message, one per 100 ms tick: after a
             // burst of loss it keeps sending new data for seconds before a gap fills. Refusing
-            // that data would turn each refused message into another 100 ms gap, so the buffer
-            // is large (~18 MiB at most, only while a gap is open).
+            // that data would turn each refused message into another 100 ms gap, so the window
+            // is large, and its byte cap fits a full window of the agent's 1024-byte messages
+            // (~18 MiB, only while a gap is open); larger messages fill it sooner.
             max_reorder: 16384,
+            max_reorder_bytes: 16384 * FULL_ENTRY,
             max_undelivered: 4096,
+            max_undelivered_bytes: 4096 * FULL_ENTRY,
+            // ~15 000 acks: only reached while the socket's writer is backed up, when the
+            // socket is about to be declared dead anyway.
+            max_queued_ack_bytes: 4 << 20,
+            // The agent fills a gap within about a second (one resend per RTO, at most 1 s);
+            // five seconds without progress means it is not going to.
+            gap_patience: Duration::from_secs(5),
             max_rto: rtt::DEFAULT_MAX_RTO,
             min_rto: Duration::from_millis(200),
             max_backoff: Duration::from_secs(4),
@@ -137,6 +184,10 @@ pub enum FrameError {
     /// An acknowledge payload did not parse.
     #[error("unreadable acknowledge payload: {0}")]
     BadAck(String),
+    /// The frame is larger than [`MAX_FRAME_LEN`]: the peer breaks the protocol, and the caller
+    /// should drop the socket it came from.
+    #[error("a frame of {0} bytes exceeds the {MAX_FRAME_LEN}-byte limit")]
+    TooLarge(usize),
 }
 
 /// Counters, for status lines, benchmarks and tests.
@@ -158,6 +209,12 @@ pub struct ChannelStats {
     pub bad_digest: u64,
     /// Incoming messages refused because the application fell behind or buffers were full.
     pub refused: u64,
+    /// Incoming messages dropped because they lay beyond the receive window.
+    pub beyond_window: u64,
+    /// Incoming frames refused for being larger than [`MAX_FRAME_LEN`].
+    pub too_large: u64,
+    /// Acknowledgements not queued because too many waited to be written.
+    pub acks_dropped: u64,
     /// Acknowledgements sent again on a new connection.
     pub reacked: u64,
 }
@@ -204,8 +261,23 @@ pub struct Channel {
     deadlines: BinaryHeap<Reverse<(Instant, i64)>>,
     expected: i64,
     reorder: BTreeMap<i64, ClientMessage>,
-    transmit: VecDeque<Bytes>,
+    /// Bytes charged for `reorder` (see [`entry_cost`]).
+    reorder_bytes: usize,
+    /// The gap `reorder` waits on: the expected number when it was last seen to move, and
+    /// when that was.
+    gap: Option<(i64, Instant)>,
+    /// The gap has not moved for `gap_patience`.
+    gap_stuck: bool,
+    /// Frames to write, each marked whether it is an acknowledgement.
+    transmit: VecDeque<(Bytes, bool)>,
+    /// Bytes of acknowledgements in `transmit`.
+    queued_ack_bytes: usize,
     events: VecDeque<ChannelEvent>,
+    /// `ChannelEvent::Message`s in `events`, and the bytes charged for them.
+    undelivered: usize,
+    undelivered_bytes: usize,
+    /// A `ChannelClosed` waits in `events`: a further one adds nothing.
+    closed_pending: bool,
     connected: bool,
     paused: bool,
     /// When an ack last removed a message: retransmission timers restart from it.
@@ -231,8 +303,15 @@ impl Channel {
             deadlines: BinaryHeap::new(),
             expected: 0,
             reorder: BTreeMap::new(),
+            reorder_bytes: 0,
+            gap: None,
+            gap_stuck: false,
             transmit: VecDeque::new(),
+            queued_ack_bytes: 0,
             events: VecDeque::new(),
+            undelivered: 0,
+            undelivered_bytes: 0,
+            closed_pending: false,
             connected: false,
             paused: false,
             last_progress: None,
@@ -302,9 +381,21 @@ impl Channel {
     /// Processes one received binary frame.
     ///
     /// # Errors
-    /// The frame was unusable (did not decode, bad digest, unreadable ack). The channel is
-    /// unaffected; the caller should log it and carry on.
+    /// The frame was unusable (did not decode, bad digest, unreadable ack): the channel is
+    /// unaffected, and the caller should log it and carry on. Or it was over
+    /// [`MAX_FRAME_LEN`] ([`FrameError::TooLarge`]): the channel is still unaffected, but the
+    /// caller should drop the socket it came from.
     pub fn handle_frame(&mut self, frame: Bytes, now: Instant) -> Result<(), FrameError> {
+        let result = self.on_frame(frame, now);
+        self.track_gap(now);
+        result
+    }
+
+    fn on_frame(&mut self, frame: Bytes, now: Instant) -> Result<(), FrameError> {
+        if frame.len() > MAX_FRAME_LEN {
+            self.stats.too_large += 1;
+            return Err(FrameError::TooLarge(frame.len()));
+        }
         let decoded = ClientMessage::decode(frame)?;
         let message = decoded.message;
         // The official client's rule: publication messages skip validation, and an empty
@@ -328,14 +419,18 @@ impl Channel {
             }
             MessageType::ChannelClosed => {
                 // An unreadable payload still ends the session: the type is what matters.
-                let closed = ChannelClosed::from_payload(&message.payload).unwrap_or_default();
-                self.events.push_back(ChannelEvent::ChannelClosed(closed));
+                // One waiting is enough: the session is over either way.
+                if !self.closed_pending {
+                    let closed = ChannelClosed::from_payload(&message.payload).unwrap_or_default();
+                    self.closed_pending = true;
+                    self.events.push_back(ChannelEvent::ChannelClosed(closed));
+                }
                 Ok(())
             }
             MessageType::PausePublication => {
                 if !self.paused {
                     self.paused = true;
-                    self.events.push_back(ChannelEvent::Paused);
+                    self.notify(ChannelEvent::Paused);
                 }
                 Ok(())
             }
@@ -350,30 +445,50 @@ impl Channel {
 
     /// The next frame to write to the socket.
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
-        self.transmit.pop_front()
+        let (frame, ack) = self.transmit.pop_front()?;
+        if ack {
+            self.queued_ack_bytes -= frame.len();
+        }
+        Some(frame)
     }
 
     /// The next event for the session layer.
     pub fn poll_event(&mut self) -> Option<ChannelEvent> {
-        self.events.pop_front()
+        let event = self.events.pop_front()?;
+        match &event {
+            ChannelEvent::Message(message) => {
+                self.undelivered -= 1;
+                self.undelivered_bytes -= entry_cost(message);
+                // Room again: what waited behind the gap, already acknowledged, moves on.
+                self.drain_reorder();
+            }
+            ChannelEvent::ChannelClosed(_) => self.closed_pending = false,
+            ChannelEvent::Paused | ChannelEvent::Resumed => {}
+        }
+        Some(event)
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called, if ever.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let gap = match self.gap {
+            Some((_, since)) if !self.gap_stuck => Some(since + self.config.gap_patience),
+            _ => None,
+        };
         if !self.can_transmit() {
-            return None;
+            return gap;
         }
         while let Some(Reverse((deadline, seq))) = self.deadlines.peek().copied() {
             if self.is_current_deadline(seq, deadline) {
-                return Some(deadline);
+                return Some(gap.map_or(deadline, |gap| gap.min(deadline)));
             }
             self.deadlines.pop();
         }
-        None
+        gap
     }
 
     /// Retransmits every message whose timeout has expired by `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.track_gap(now);
         if !self.can_transmit() {
             return;
         }
@@ -413,8 +528,7 @@ impl Channel {
         let created = self.unix_ms(now);
         for ack in std::mem::take(&mut self.recent_acks) {
             self.stats.reacked += 1;
-            self.transmit
-                .push_back(ack.into_message(created, Uuid::new_v4()).encode());
+            self.push_ack(ack.into_message(created, Uuid::new_v4()).encode());
         }
         self.retransmit_all(now);
     }
@@ -425,6 +539,7 @@ impl Channel {
     pub fn on_disconnected(&mut self) {
         self.connected = false;
         self.transmit.clear();
+        self.queued_ack_bytes = 0;
         self.deadlines.clear();
     }
 
@@ -466,6 +581,40 @@ impl Channel {
     /// Incoming messages buffered ahead of a gap.
     pub fn reorder_len(&self) -> usize {
         self.reorder.len()
+    }
+
+    /// Bytes charged for the messages buffered ahead of a gap (payloads plus
+    /// [`ENTRY_OVERHEAD`] each); never more than [`ChannelConfig::max_reorder_bytes`].
+    pub fn reorder_bytes(&self) -> usize {
+        self.reorder_bytes
+    }
+
+    /// Incoming messages waiting behind a gap that is still being filled: what the other
+    /// direction should be throttled by. Zero once the gap has not moved for
+    /// [`ChannelConfig::gap_patience`], since a peer that never fills it must not hold the
+    /// other direction shut.
+    pub fn behind_gap(&self) -> usize {
+        if self.gap_stuck {
+            0
+        } else {
+            self.reorder.len()
+        }
+    }
+
+    /// Delivered messages not yet taken by [`poll_event`](Self::poll_event), and the bytes
+    /// charged for them.
+    pub fn undelivered(&self) -> (usize, usize) {
+        (self.undelivered, self.undelivered_bytes)
+    }
+
+    /// Bytes of acknowledgements waiting in the transmit queue.
+    pub fn queued_ack_bytes(&self) -> usize {
+        self.queued_ack_bytes
+    }
+
+    /// Its limits.
+    pub fn config(&self) -> &ChannelConfig {
+        &self.config
     }
 
     /// Counters since creation.
@@ -510,7 +659,7 @@ impl Channel {
             Write::Fresh => out.backoffs = 0,
         }
         out.last_sent = Some(now);
-        self.transmit.push_back(out.frame.clone());
+        self.transmit.push_back((out.frame.clone(), false));
         let interval = match write {
             Write::Fresh => fresh_rto,
             Write::First | Write::Retransmit => self.backoff_of(seq),
@@ -552,7 +701,7 @@ impl Channel {
     fn unpause(&mut self, now: Instant) {
         if self.paused {
             self.paused = false;
-            self.events.push_back(ChannelEvent::Resumed);
+            self.notify(ChannelEvent::Resumed);
             if self.connected {
                 self.retransmit_all(now);
             }
@@ -608,29 +757,95 @@ impl Channel {
         if seq < self.expected || self.reorder.contains_key(&seq) {
             self.stats.duplicates += 1;
             self.queue_ack(&message, now);
-        } else if seq == self.expected {
-            if self.events.len() >= self.config.max_undelivered {
+            return;
+        }
+        // Both are non-negative and `seq` is the larger: no overflow.
+        let ahead = u64::try_from(seq - self.expected).unwrap_or(u64::MAX);
+        if ahead >= self.config.max_reorder.max(1) as u64 {
+            // Unacknowledged: a real peer sends it again once the window has moved; a
+            // far-future number from a broken peer costs nothing.
+            self.stats.beyond_window += 1;
+            return;
+        }
+        // Copied: the payload is a slice of the socket's read buffer, which a kept slice
+        // would pin whole.
+        let message = ClientMessage {
+            payload: Bytes::copy_from_slice(&message.payload),
+            ..message
+        };
+        let cost = entry_cost(&message);
+        if ahead == 0 {
+            if !self.has_room(cost) {
                 self.stats.refused += 1;
                 return;
             }
             self.queue_ack(&message, now);
             self.deliver(message);
-            while let Some(next) = self.reorder.remove(&self.expected) {
-                self.deliver(next);
-            }
-        } else if self.reorder.len() < self.config.max_reorder {
+            self.drain_reorder();
+        } else if self.reorder_bytes + cost <= self.config.max_reorder_bytes {
             self.stats.reordered += 1;
             self.queue_ack(&message, now);
+            self.reorder_bytes += cost;
             self.reorder.insert(seq, message);
         } else {
             self.stats.refused += 1;
         }
     }
 
+    /// Whether a delivered message of `cost` bytes fits in the undelivered events. One always
+    /// does, whatever its size, so that a large message cannot block the channel for ever.
+    fn has_room(&self, cost: usize) -> bool {
+        self.undelivered == 0
+            || (self.undelivered < self.config.max_undelivered
+                && self.undelivered_bytes + cost <= self.config.max_undelivered_bytes)
+    }
+
+    /// Delivers what waited behind a gap that is now filled, as far as there is room.
+    fn drain_reorder(&mut self) {
+        while let Some((&seq, next)) = self.reorder.first_key_value() {
+            if seq != self.expected || !self.has_room(entry_cost(next)) {
+                break;
+            }
+            let Some(message) = self.reorder.remove(&seq) else {
+                break;
+            };
+            self.reorder_bytes -= entry_cost(&message);
+            self.deliver(message);
+        }
+    }
+
     fn deliver(&mut self, message: ClientMessage) {
         self.expected += 1;
         self.stats.delivered += 1;
+        self.undelivered += 1;
+        self.undelivered_bytes += entry_cost(&message);
         self.events.push_back(ChannelEvent::Message(message));
+    }
+
+    /// Queues an informational event (a pause, a resume), unless the session layer is that
+    /// far behind: it is only told about them, and must not be made to hold them without end.
+    fn notify(&mut self, event: ChannelEvent) {
+        if self.events.len() < self.config.max_undelivered.max(1) {
+            self.events.push_back(event);
+        }
+    }
+
+    /// Notes whether the gap the reorder buffer waits on has moved.
+    fn track_gap(&mut self, now: Instant) {
+        if self.reorder.is_empty() {
+            self.gap = None;
+            self.gap_stuck = false;
+            return;
+        }
+        match self.gap {
+            Some((expected, since)) if expected == self.expected => {
+                self.gap_stuck = now.saturating_duration_since(since) >= self.config.gap_patience;
+            }
+            _ => {
+                self.gap = Some((self.expected, now));
+                self.gap_stuck = false;
+            }
+        }
     }
 
     fn queue_ack(&mut self, message: &ClientMessage, now: Instant) {
@@ -641,10 +856,27 @@ impl Channel {
                 self.recent_acks.pop_front();
             }
             self.recent_acks.push_back(content.clone());
-            let ack = content.into_message(self.unix_ms(now), Uuid::new_v4());
-            self.transmit.push_back(ack.encode());
+            let ack = content
+                .into_message(self.unix_ms(now), Uuid::new_v4())
+                .encode();
+            self.push_ack(ack);
         }
     }
+
+    fn push_ack(&mut self, ack: Bytes) {
+        if self.queued_ack_bytes + ack.len() > self.config.max_queued_ack_bytes {
+            // The peer resends what stays unacknowledged; dropping an ack loses nothing.
+            self.stats.acks_dropped += 1;
+            return;
+        }
+        self.queued_ack_bytes += ack.len();
+        self.transmit.push_back((ack, true));
+    }
+}
+
+/// What keeping an incoming message is charged, in bytes.
+fn entry_cost(message: &ClientMessage) -> usize {
+    message.payload.len() + ENTRY_OVERHEAD
 }
 
 #[cfg(test)]

@@ -30,6 +30,21 @@ fn data(seq: i64, payload: &'static [u8]) -> Bytes {
     .encode()
 }
 
+/// An agent message of `len` payload bytes.
+fn data_of_len(seq: i64, len: usize) -> Bytes {
+    ClientMessage {
+        message_type: MessageType::OutputStreamData,
+        schema_version: 1,
+        created_date: 1,
+        sequence_number: seq,
+        flags: 0,
+        message_id: Uuid::from_u128(seq as u128 + 1),
+        payload_type: PayloadType::OUTPUT,
+        payload: Bytes::from(vec![seq as u8; len]),
+    }
+    .encode()
+}
+
 fn ack(seq: i64) -> Bytes {
     AcknowledgeContent {
         message_type: "input_stream_data".into(),
@@ -428,6 +443,234 @@ fn agent_role_sets_syn_on_its_first_message() {
     let frames = drain(&mut ch);
     assert_eq!(frames[0].message_type, MessageType::OutputStreamData);
     assert_eq!((frames[0].flags, frames[1].flags), (FLAG_SYN, 0));
+}
+
+#[test]
+fn a_frame_over_the_cap_is_refused_before_it_is_decoded() {
+    let (mut ch, t0) = client();
+    let at_cap = data_of_len(0, MAX_FRAME_LEN - FRAME_OVERHEAD);
+    assert_eq!(at_cap.len(), MAX_FRAME_LEN);
+    ch.handle_frame(at_cap, t0)
+        .expect("a frame at the cap is fine");
+    assert_eq!(delivered(&mut ch).len(), 1);
+    let over = data_of_len(1, MAX_FRAME_LEN - FRAME_OVERHEAD + 1);
+    assert_eq!(
+        ch.handle_frame(over, t0),
+        Err(FrameError::TooLarge(MAX_FRAME_LEN + 1))
+    );
+    // Junk is refused by its size alone, before any parsing.
+    assert_eq!(
+        ch.handle_frame(Bytes::from(vec![0xff; 10 << 20]), t0),
+        Err(FrameError::TooLarge(10 << 20))
+    );
+    assert_eq!(ch.stats().too_large, 2);
+    assert_eq!(ch.expected_sequence_number(), 1);
+    assert!(delivered(&mut ch).is_empty());
+}
+
+#[test]
+fn far_future_numbers_are_dropped_unacked_and_cost_nothing() {
+    let (mut ch, t0) = client();
+    let window = ChannelConfig::default().max_reorder as i64;
+    // A peer floods numbers it will never fill the gap up to.
+    for i in 0..50_000 {
+        ch.handle_frame(data(window + i, b"junk"), t0 + i as u32 * MS)
+            .expect("valid frame");
+    }
+    assert_eq!(ch.reorder_len(), 0);
+    assert_eq!(ch.reorder_bytes(), 0);
+    assert_eq!(
+        ch.behind_gap(),
+        0,
+        "nothing to throttle the other direction"
+    );
+    assert!(acked_seqs(&drain(&mut ch)).is_empty(), "never acknowledged");
+    assert_eq!(ch.stats().beyond_window, 50_000);
+    // The last number inside the window is kept and acknowledged.
+    ch.handle_frame(data(window - 1, b"edge"), t0)
+        .expect("valid");
+    assert_eq!(acked_seqs(&drain(&mut ch)), vec![window - 1]);
+    assert_eq!(ch.reorder_len(), 1);
+}
+
+#[test]
+fn the_reorder_buffer_is_capped_in_bytes_as_well_as_in_messages() {
+    let (mut ch, t0) = channel(ChannelConfig {
+        max_reorder_bytes: 10 * (4096 + ENTRY_OVERHEAD),
+        ..ChannelConfig::default()
+    });
+    // Large messages inside the window, all behind the gap at 0.
+    for seq in 1..=30 {
+        ch.handle_frame(data_of_len(seq, 4096), t0).expect("valid");
+    }
+    assert_eq!(ch.reorder_len(), 10);
+    assert_eq!(ch.reorder_bytes(), 10 * (4096 + ENTRY_OVERHEAD));
+    // Only the kept ones are acknowledged: the peer resends the rest.
+    assert_eq!(acked_seqs(&drain(&mut ch)), (1..=10).collect::<Vec<_>>());
+    assert_eq!(ch.stats().refused, 20);
+    // The gap fills: everything kept is delivered, in order, and the buffer is empty.
+    ch.handle_frame(data_of_len(0, 4096), t0).expect("valid");
+    assert_eq!(delivered(&mut ch).len(), 11);
+    assert_eq!(ch.reorder_bytes(), 0);
+    ch.handle_frame(data_of_len(11, 4096), t0).expect("resent");
+    assert_eq!(delivered(&mut ch).len(), 1);
+}
+
+#[test]
+fn a_gap_that_never_fills_stops_throttling_after_the_patience() {
+    let (mut ch, t0) = client();
+    let patience = ChannelConfig::default().gap_patience;
+    for seq in 1..=3000 {
+        ch.handle_frame(data(seq, b"x"), t0).expect("valid");
+    }
+    assert_eq!(ch.behind_gap(), 3000);
+    // Nothing else is due: the channel still asks to be woken when its patience runs out.
+    assert_eq!(ch.poll_timeout(), Some(t0 + patience));
+    ch.handle_timeout(t0 + patience - MS);
+    assert_eq!(ch.behind_gap(), 3000);
+    ch.handle_timeout(t0 + patience);
+    assert_eq!(
+        ch.behind_gap(),
+        0,
+        "a gap that never moves holds nothing shut"
+    );
+    assert_eq!(
+        ch.reorder_len(),
+        3000,
+        "what waits is still kept for delivery"
+    );
+    assert_eq!(ch.poll_timeout(), None);
+    // The gap fills after all: everything is delivered once, in order.
+    let t1 = t0 + 2 * patience;
+    ch.handle_frame(data(0, b"x"), t1).expect("valid");
+    assert_eq!(delivered(&mut ch).len(), 3001);
+    // A new gap counts again, with patience counted from when it opened.
+    ch.handle_frame(data(3002, b"x"), t1).expect("valid");
+    assert_eq!(ch.behind_gap(), 1);
+    assert_eq!(ch.poll_timeout(), Some(t1 + patience));
+}
+
+#[test]
+fn a_gap_that_moves_keeps_throttling() {
+    let (mut ch, t0) = client();
+    let patience = ChannelConfig::default().gap_patience;
+    for seq in 1..=100 {
+        ch.handle_frame(data(seq * 2, b"x"), t0).expect("valid");
+    }
+    // The peer fills one hole (0, 1, 3, 5, …) every second: each time the patience starts
+    // over, so the gap keeps throttling for longer than the patience.
+    for hole in 0..20i64 {
+        let now = t0 + (hole as u32 + 1) * 1000 * MS;
+        ch.handle_timeout(now);
+        assert!(ch.behind_gap() > 0, "hole {hole}");
+        let seq = if hole == 0 { 0 } else { 2 * hole - 1 };
+        ch.handle_frame(data(seq, b"x"), now).expect("valid");
+        assert_eq!(delivered(&mut ch).len(), if hole == 0 { 1 } else { 2 });
+    }
+    assert!(patience < Duration::from_secs(20));
+    assert!(ch.behind_gap() > 0);
+}
+
+#[test]
+fn undelivered_messages_are_capped_in_bytes_and_the_buffer_behind_them_drains_as_taken() {
+    let (mut ch, t0) = channel(ChannelConfig {
+        max_undelivered_bytes: 4 * (1000 + ENTRY_OVERHEAD),
+        ..ChannelConfig::default()
+    });
+    for seq in 1..10 {
+        ch.handle_frame(data_of_len(seq, 1000), t0).expect("valid");
+    }
+    ch.handle_frame(data_of_len(0, 1000), t0).expect("valid");
+    // Four fit; the other six stay in the reorder buffer, already acknowledged.
+    assert_eq!(ch.undelivered(), (4, 4 * (1000 + ENTRY_OVERHEAD)));
+    assert_eq!(ch.reorder_len(), 6);
+    assert_eq!(acked_seqs(&drain(&mut ch)).len(), 10);
+    // An in-order message meanwhile is refused, unacknowledged.
+    let mut seqs = Vec::new();
+    while let Some(event) = ch.poll_event() {
+        if let ChannelEvent::Message(m) = event {
+            seqs.push(m.sequence_number);
+        }
+        assert!(ch.undelivered().1 <= 4 * (1000 + ENTRY_OVERHEAD));
+    }
+    assert_eq!(seqs, (0..10).collect::<Vec<_>>(), "once each, in order");
+    assert_eq!(ch.reorder_len(), 0);
+    assert_eq!(ch.undelivered(), (0, 0));
+    // One message is always let through, however large.
+    let (mut tiny, t0) = channel(ChannelConfig {
+        max_undelivered_bytes: 10,
+        ..ChannelConfig::default()
+    });
+    tiny.handle_frame(data_of_len(0, 1000), t0).expect("valid");
+    tiny.handle_frame(data_of_len(1, 1000), t0).expect("valid");
+    assert_eq!(tiny.undelivered().0, 1);
+    assert_eq!(acked_seqs(&drain(&mut tiny)), vec![0]);
+}
+
+#[test]
+fn kept_payloads_do_not_pin_the_socket_buffer() {
+    let (mut ch, t0) = client();
+    // Several frames read into one buffer, as the WebSocket layer does.
+    let mut buffer = Vec::new();
+    for seq in 0..3 {
+        buffer.extend_from_slice(&data_of_len(seq, 100));
+    }
+    let buffer = Bytes::from(buffer);
+    let len = buffer.len() / 3;
+    let range = buffer.as_ptr() as usize..buffer.as_ptr() as usize + buffer.len();
+    ch.handle_frame(buffer.slice(2 * len..), t0).expect("valid");
+    ch.handle_frame(buffer.slice(..len), t0).expect("valid");
+    ch.handle_frame(buffer.slice(len..2 * len), t0)
+        .expect("valid");
+    for payload in delivered(&mut ch) {
+        assert!(!range.contains(&(payload.as_ptr() as usize)));
+    }
+}
+
+#[test]
+fn acks_waiting_to_be_written_are_capped() {
+    let (mut ch, t0) = channel(ChannelConfig {
+        max_queued_ack_bytes: 4096,
+        ..ChannelConfig::default()
+    });
+    // Nobody writes: duplicates keep arriving.
+    ch.handle_frame(data(0, b"x"), t0).expect("valid");
+    for _ in 0..1000 {
+        ch.handle_frame(data(0, b"x"), t0).expect("valid");
+        assert!(ch.queued_ack_bytes() <= 4096);
+    }
+    assert!(ch.stats().acks_dropped > 900);
+    let acks = acked_seqs(&drain(&mut ch));
+    assert!(!acks.is_empty() && acks.len() < 100);
+    assert_eq!(ch.queued_ack_bytes(), 0);
+    // Written again, acks are queued again.
+    ch.handle_frame(data(0, b"x"), t0).expect("valid");
+    assert_eq!(acked_seqs(&drain(&mut ch)), vec![0]);
+}
+
+#[test]
+fn service_messages_nobody_takes_do_not_pile_up() {
+    let (mut ch, t0) = channel(ChannelConfig {
+        max_undelivered: 8,
+        ..ChannelConfig::default()
+    });
+    for _ in 0..10_000 {
+        ch.handle_frame(service(MessageType::ChannelClosed, b"{}"), t0)
+            .expect("closed");
+        ch.handle_frame(service(MessageType::PausePublication, b""), t0)
+            .expect("pause");
+        ch.handle_frame(service(MessageType::StartPublication, b""), t0)
+            .expect("start");
+    }
+    let events: Vec<_> = std::iter::from_fn(|| ch.poll_event()).collect();
+    assert!(events.len() <= 9, "{} events kept", events.len());
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, ChannelEvent::ChannelClosed(_)))
+            .count(),
+        1
+    );
 }
 
 /// Two channels joined by a lossy, duplicating, reordering link in simulated time: every byte

@@ -11,6 +11,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
+use crate::channel::MAX_FRAME_LEN;
 use crate::protocol::payload::OpenDataChannel;
 use crate::version::CLIENT_VERSION;
 
@@ -67,6 +68,16 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, ConnectError> {
         .map_err(ConnectError::NoRootCertificates)
 }
 
+/// The WebSocket limits of a data channel: no incoming message or frame over
+/// [`MAX_FRAME_LEN`] (one ClientMessage is one message; the library's defaults would accept
+/// 64 MiB). A larger one fails the read before its payload is buffered, which drops that
+/// socket only: the tunnel resumes the session on a new one.
+pub fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME_LEN))
+        .max_frame_size(Some(MAX_FRAME_LEN))
+}
+
 /// Identity of this client process, fixed for its life (the official client's `ClientId`).
 #[derive(Clone, Debug)]
 pub struct ClientIdentity {
@@ -100,7 +111,7 @@ pub async fn open(
         Some("wss") => Connector::Rustls(tls_config()?),
         _ => Connector::Plain,
     };
-    let config = WebSocketConfig::default();
+    let config = socket_config();
     let connect = tokio_tungstenite::connect_async_tls_with_config(
         request,
         Some(config),
@@ -144,6 +155,63 @@ mod tests {
             config.alpn_protocols.is_empty(),
             "plain HTTP/1.1 upgrade, no ALPN"
         );
+    }
+
+    /// A server that takes the OpenDataChannel frame, then sends a message of each size.
+    async fn serve_sizes(sizes: Vec<usize>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.expect("upgrade");
+            let _open = futures_util::StreamExt::next(&mut ws).await;
+            for size in sizes {
+                let message = Message::Binary(bytes::Bytes::from(vec![7u8; size]));
+                if futures_util::SinkExt::send(&mut ws, message).await.is_err() {
+                    return;
+                }
+            }
+            // Keep the socket open until the client is done with it.
+            while futures_util::StreamExt::next(&mut ws).await.is_some() {}
+        });
+        format!("ws://127.0.0.1:{port}/v1/data-channel/s?role=publish_subscribe")
+    }
+
+    #[tokio::test]
+    async fn messages_over_the_frame_cap_fail_the_socket_before_being_buffered() {
+        let url = serve_sizes(vec![MAX_FRAME_LEN, MAX_FRAME_LEN + 1]).await;
+        let mut socket = open(
+            url,
+            "token",
+            &ClientIdentity::default(),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("open");
+        let first = futures_util::StreamExt::next(&mut socket).await;
+        assert!(
+            matches!(&first, Some(Ok(Message::Binary(b))) if b.len() == MAX_FRAME_LEN),
+            "{first:?}"
+        );
+        let second = futures_util::StreamExt::next(&mut socket).await;
+        assert!(
+            matches!(
+                second,
+                Some(Err(tungstenite::Error::Capacity(
+                    tungstenite::error::CapacityError::MessageTooLong { .. }
+                )))
+            ),
+            "{second:?}"
+        );
+    }
+
+    #[test]
+    fn the_socket_limits_are_the_frame_cap() {
+        let config = socket_config();
+        assert_eq!(config.max_message_size, Some(MAX_FRAME_LEN));
+        assert_eq!(config.max_frame_size, Some(MAX_FRAME_LEN));
     }
 
     #[tokio::test]

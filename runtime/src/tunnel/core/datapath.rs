@@ -17,7 +17,7 @@ use super::handshake::{self, HandshakeError, PortMode};
 use super::recovery::Ending;
 use super::session::{BasicOut, Forward, Link, Session};
 use super::{Action, ConnId, Core, OutFrame, SessionKey, SocketId};
-use crate::channel::ChannelEvent;
+use crate::channel::{ChannelEvent, FrameError};
 use crate::events::{Cause, CloseReason, EventKind, SessionRole, TunnelState};
 use crate::mux::{MuxClient, MuxEvent};
 use crate::protocol::PayloadType;
@@ -30,6 +30,9 @@ const OUTBOUND_HIGH_WATER: usize = 64 * 1024;
 /// Incoming messages held behind a gap beyond which a session's connections are no longer
 /// read. The agent fills a gap at one message per 100 ms; meanwhile request/response
 /// traffic (the common case) is throttled at its source instead of piling up behind it.
+/// Only a gap that is being filled counts (`Channel::behind_gap`): messages beyond the
+/// channel's window are never kept, and a gap that has not moved for the channel's patience
+/// stops counting, so a peer that never fills one cannot hold uploads shut.
 const REORDER_HIGH_WATER: usize = 2048;
 /// Bytes handed to a socket's writer and not yet flushed beyond which no more are handed
 /// over: what is not handed over stays in the channel, which retransmits it anyway.
@@ -47,10 +50,19 @@ impl Core {
             return;
         };
         online.last_rx = now;
-        if let Some(data) = session.data.as_mut()
-            && let Err(err) = data.channel.handle_frame(frame, now)
-        {
-            tracing::debug!(error = %err, "frame ignored");
+        let closing = matches!(session.link, Link::Closing { .. });
+        if let Some(data) = session.data.as_mut() {
+            match data.channel.handle_frame(frame, now) {
+                Ok(()) => {}
+                // A peer that breaks the size limit cannot be trusted with this socket; the
+                // session itself may be fine, so it is resumed on a new one.
+                Err(err @ FrameError::TooLarge(_)) if !closing => {
+                    tracing::warn!(error = %err, "oversized frame; dropping the socket");
+                    self.disconnected(key, Cause::TransportError(err.to_string()), now);
+                    return;
+                }
+                Err(err) => tracing::debug!(error = %err, "frame ignored"),
+            }
         }
         self.process(key, now);
     }
@@ -109,6 +121,7 @@ impl Core {
             return;
         }
         self.pump(key, now);
+        self.check_retired(key, now);
     }
 
     fn on_message(
@@ -147,6 +160,10 @@ impl Core {
         let Some(data) = self.session_mut(key).and_then(|s| s.data.as_mut()) else {
             return;
         };
+        if data.pending.is_some() || data.negotiated.is_some() {
+            self.late_handshake(key, "HandshakeRequest");
+            return;
+        }
         let Ok(request) = HandshakeRequest::from_payload(payload) else {
             tracing::warn!("unreadable HandshakeRequest");
             return;
@@ -185,6 +202,10 @@ impl Core {
         let Some(data) = session.data.as_mut() else {
             return;
         };
+        if data.negotiated.is_some() {
+            self.late_handshake(key, "HandshakeComplete");
+            return;
+        }
         let Some(negotiated) = data.pending.take() else {
             return;
         };
@@ -199,6 +220,7 @@ impl Core {
             PortMode::Basic { .. } => {
                 data.forward = Forward::Basic {
                     active: None,
+                    used: false,
                     out: VecDeque::new(),
                     out_bytes: 0,
                 };
@@ -225,6 +247,7 @@ impl Core {
         let restart = session.ever_forwarded || session.recovery.in_outage();
         session.ever_forwarded = true;
         let successor = session.role == SessionRole::Successor;
+        let spare = session.spare;
         tracing::info!(session = %session.reference(), mode, %agent_version, "forwarding");
         self.emit_for(
             key,
@@ -238,11 +261,30 @@ impl Core {
             self.end_outage(key, ending, now);
         }
         self.set_state(key, TunnelState::Forwarding);
-        if successor {
+        if successor && spare {
+            self.take_over(key, now);
+        } else if successor {
             self.promote(key, now);
         }
         self.refresh_gate(key);
         self.bind_waiting(now);
+    }
+
+    /// A second handshake within one session (docs/protocol.md §5 has exactly one) is
+    /// ignored: acting on it could switch the forwarding mode under open connections.
+    fn late_handshake(&mut self, key: SessionKey, what: &'static str) {
+        let Some(session) = self.session_mut(key) else {
+            return;
+        };
+        let reference = session.reference();
+        let Some(data) = session.data.as_mut() else {
+            return;
+        };
+        if !std::mem::replace(&mut data.late_handshake_logged, true) {
+            tracing::warn!(session = %reference, what,
+                "the agent repeated the handshake of a negotiated session; ignored (logged once \
+                 per session)");
+        }
     }
 
     fn on_output(&mut self, key: SessionKey, payload: Bytes, now: Instant) {
@@ -349,6 +391,7 @@ impl Core {
                 active,
                 out,
                 out_bytes,
+                ..
             } if *active == Some(conn) => {
                 for chunk in data.chunks(MAX_STREAM_PAYLOAD) {
                     *out_bytes += chunk.len();
@@ -360,7 +403,7 @@ impl Core {
         self.pump(key, now);
     }
 
-    /// Ends a local connection: FIN to the agent (or DisconnectToPort in basic mode), the
+    /// Ends a local connection: FIN to the agent (in basic mode its session retires), the
     /// local side closed (after its queue drains, if `drain`), an event.
     pub(super) fn close_conn(
         &mut self,
@@ -373,12 +416,22 @@ impl Core {
             return;
         };
         let mut session_ref = None;
-        let single_stream = self.config.single_stream;
+        // A single stream ends its session itself (`stream.rs`), and shutdown ends every
+        // session; otherwise a basic-mode session retires with its connection.
+        let may_retire = !self.config.single_stream && self.stopping.is_none();
+        let retire_within = self.config.stream_drain;
         if let Some(key) = c.session
             && let Some(session) = self.session_mut(key)
         {
             session_ref = Some(session.reference());
+            let mut retire = false;
             if let Some(data) = session.data.as_mut() {
+                let terminate_flag = matches!(
+                    data.mode(),
+                    Some(PortMode::Basic {
+                        terminate_flag: true
+                    })
+                );
                 match &mut data.forward {
                     Forward::Mux { mux, streams } => {
                         if let Some(stream) = c.stream {
@@ -390,17 +443,29 @@ impl Core {
                         active,
                         out,
                         out_bytes,
+                        ..
                     } if *active == Some(conn) => {
                         *active = None;
-                        // A single stream ends its session instead: DisconnectToPort would
-                        // make a standard-stream agent fail the session (port_basic.go).
-                        if !single_stream {
-                            *out_bytes += 4;
-                            out.push_back(BasicOut::Flag(Flag::DisconnectToPort));
+                        // Not DisconnectToPort: the session is never reused (bytes the agent
+                        // sent for this connection could reach the next one), and a
+                        // standard-stream agent fails the session on it (port_basic.go). The
+                        // flag that ends the session goes behind what the connection sent,
+                        // so its acknowledgement proves all of it arrived.
+                        if may_retire {
+                            retire = true;
+                            if terminate_flag {
+                                *out_bytes += 4;
+                                out.push_back(BasicOut::Flag(Flag::TerminateSession));
+                            }
                         }
                     }
                     Forward::Basic { .. } | Forward::Pending => {}
                 }
+            }
+            if retire {
+                session.retiring = Some(now + retire_within);
+                // Keeps rotation's drained-session check from ending it before that.
+                session.ending = true;
             }
         }
         if reason == CloseReason::SlowReader {
@@ -421,6 +486,7 @@ impl Core {
             self.pump(key, now);
             self.bind_waiting(now);
             self.maybe_end_drained(key, now);
+            self.check_retired(key, now);
         }
         if self.config.single_stream && self.stopping.is_none() {
             self.stream_closed(reason, now);
@@ -433,6 +499,7 @@ impl Core {
             return;
         }
         let mut touched = Vec::new();
+        let mut used_up = Vec::new();
         while self.conns.first_waiting().is_some() {
             let Some(key) = self.pick_session() else {
                 break;
@@ -454,7 +521,11 @@ impl Core {
                             streams.insert(stream, conn);
                         }
                     }
-                    Forward::Basic { active, .. } => *active = Some(conn),
+                    Forward::Basic { active, used, .. } => {
+                        *active = Some(conn);
+                        *used = true;
+                        used_up.push(key);
+                    }
                     Forward::Pending => {}
                 }
             }
@@ -472,6 +543,122 @@ impl Core {
         for key in touched {
             self.pump(key, now);
         }
+        for key in used_up {
+            self.start_spare(key, now);
+        }
+    }
+
+    /// A basic-mode session took its one connection: a fresh session is started in its
+    /// stripe right away, so that the next connection does not wait for a StartSession.
+    fn start_spare(&mut self, key: SessionKey, now: Instant) {
+        if self.config.single_stream || self.stopping.is_some() {
+            return;
+        }
+        let Some(stripe) = self.session(key).map(|s| s.stripe) else {
+            return;
+        };
+        // A rotation's successor is just as fresh.
+        if self.successor_of(stripe).is_some() {
+            return;
+        }
+        let spare = self.add_session(stripe, SessionRole::Successor, now);
+        if let Some(session) = self.session_mut(spare) {
+            session.spare = true;
+        }
+        self.start(spare, now);
+        tracing::debug!(
+            stripe,
+            "basic mode: starting a fresh session for the next connection"
+        );
+    }
+
+    fn successor_of(&self, stripe: u8) -> Option<SessionKey> {
+        self.sessions
+            .iter()
+            .find(|s| s.stripe == stripe && s.role == SessionRole::Successor)
+            .map(|s| s.key)
+    }
+
+    /// A spare forwards: it becomes its stripe's primary, and the used session it replaces
+    /// drains (it keeps its connection, or goes on retiring). Not a rotation: no events.
+    fn take_over(&mut self, key: SessionKey, now: Instant) {
+        let Some(session) = self.session_mut(key) else {
+            return;
+        };
+        session.role = SessionRole::Primary;
+        let stripe = session.stripe;
+        let replaced: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter(|s| s.stripe == stripe && s.role == SessionRole::Primary && s.key != key)
+            .map(|s| s.key)
+            .collect();
+        tracing::debug!(
+            stripe,
+            "basic mode: a fresh session takes the next connection"
+        );
+        for old in replaced {
+            if let Some(session) = self.session_mut(old) {
+                session.role = SessionRole::Draining;
+            }
+            self.maybe_end_drained(old, now);
+        }
+    }
+
+    /// Ends a retiring basic-mode session once what its connection sent is acknowledged (or
+    /// its deadline has passed).
+    pub(super) fn check_retired(&mut self, key: SessionKey, now: Instant) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let Some(session) = self.session(key) else {
+            return;
+        };
+        let Some(deadline) = session.retiring else {
+            return;
+        };
+        let delivered = session
+            .data
+            .as_ref()
+            .is_none_or(|d| d.forward.outbound_len() == 0 && d.channel.unacked() == 0);
+        if !delivered && now < deadline {
+            return;
+        }
+        if !delivered {
+            tracing::warn!(session = %session.reference(),
+                "what a closed basic-mode connection sent was not acknowledged in time; \
+                 ending its session anyway");
+        }
+        self.retire(key, now);
+    }
+
+    /// Ends a basic-mode session whose connection closed, keeping its stripe served: its
+    /// spare (still starting, new connections wait for it) or else a new session takes over.
+    pub(super) fn retire(&mut self, key: SessionKey, now: Instant) {
+        let Some(session) = self.session(key) else {
+            return;
+        };
+        let stripe = session.stripe;
+        if session.role == SessionRole::Primary {
+            match self.successor_of(stripe) {
+                Some(spare) => {
+                    if let Some(spare) = self.session_mut(spare) {
+                        spare.role = SessionRole::Primary;
+                    }
+                }
+                None if self.stopping.is_none() => {
+                    let fresh = self.add_session(stripe, SessionRole::Primary, now);
+                    self.start(fresh, now);
+                }
+                None => {}
+            }
+        }
+        self.end_session(
+            key,
+            CloseReason::SessionEnded,
+            "its connection closed (basic mode carries one connection per session)",
+            now,
+        );
     }
 
     /// The session a new connection should go to: a primary that can take one, forwarding
@@ -575,7 +762,7 @@ fn uploads_allowed(session: &Session) -> bool {
     session.data.as_ref().is_some_and(|d| {
         d.negotiated.is_some()
             && d.channel.send_capacity() > 0
-            && d.channel.reorder_len() < REORDER_HIGH_WATER
+            && d.channel.behind_gap() < REORDER_HIGH_WATER
             && d.forward.outbound_len() < OUTBOUND_HIGH_WATER
     })
 }

@@ -322,6 +322,11 @@ impl Core {
             },
         );
         self.status_dirty = true;
+        if gone && self.session(key).is_some_and(|s| s.retiring.is_some()) {
+            // Nothing it still had to deliver can arrive now.
+            self.retire(key, now);
+            return;
+        }
         if gone && self.gone_without_recovery(key, now) {
             return;
         }
@@ -438,6 +443,12 @@ impl Core {
         let Some(session) = self.session_mut(key) else {
             return;
         };
+        // A retiring session carries no connection: resuming it may still deliver what its
+        // last one sent, but neither a new session nor the tunnel's end is owed to it.
+        if session.retiring.is_some() && !matches!(decision, Decision::Resume { .. }) {
+            self.retire(key, now);
+            return;
+        }
         let (after, tier) = match decision {
             Decision::GiveUp { reason } => {
                 self.give_up(Some(key), reason, now);
@@ -528,9 +539,14 @@ impl Core {
     /// Drops the session's current SSM session (if any): its connections close with
     /// `reason`, the service is told to terminate it.
     pub(super) fn abandon(&mut self, key: SessionKey, reason: CloseReason, now: Instant) {
+        // The forwarding state goes first: the connections closed below belong to a session
+        // that is dropped, not to one that goes on (nothing is sent for them, and a basic-mode
+        // session does not start retiring).
+        let data = self.session_mut(key).and_then(|s| s.data.take());
         for conn in self.conns.on_session(key) {
             self.close_conn(conn, reason, false, now);
         }
+        drop(data);
         let Some(session) = self.session_mut(key) else {
             return;
         };
@@ -567,6 +583,7 @@ impl Core {
         let ping_interval = self.config.ping_interval;
         let keepalive = self.config.smux_keepalive;
         let handshake_timeout = self.config.handshake_timeout;
+        self.check_retired(key, now);
         let Some(session) = self.session_mut(key) else {
             return;
         };

@@ -100,8 +100,9 @@ pub struct CoreConfig {
     /// instead of a listener: it is never moved to a new session, and the tunnel ends with it
     /// (see `stream.rs`). Implies one stripe and no rotation.
     pub single_stream: bool,
-    /// How long, once a single stream's application has closed its side, what it sent may
-    /// take to be acknowledged by the agent before the session is ended anyway.
+    /// How long, once a single stream's application (or a basic-mode connection's) has
+    /// closed its side, what it sent may take to be acknowledged by the agent before the
+    /// session is ended anyway.
     pub stream_drain: Duration,
 }
 
@@ -443,7 +444,11 @@ impl Core {
                 next = Some(next.map_or(at, |n: Instant| n.min(at)));
             }
         };
+        let stopping = self.stopping.is_some();
         for session in &mut self.sessions {
+            if !stopping {
+                consider(session.retiring);
+            }
             match &session.link {
                 Link::Waiting { until, .. } => consider(Some(*until)),
                 Link::Online(online) | Link::Closing { online, .. } => {

@@ -89,9 +89,14 @@ pub(super) enum Forward {
         mux: MuxClient,
         streams: HashMap<u32, ConnId>,
     },
-    /// One connection at a time, raw bytes.
+    /// Raw bytes of one connection. Basic mode has no stream ids and no end marker
+    /// (docs/protocol.md §6.3), so nothing can tell a later connection's bytes from an
+    /// earlier one's: a session carries one connection in its life (`used`), and a fresh
+    /// session takes the next (docs/design.md §7).
     Basic {
         active: Option<ConnId>,
+        /// A connection was bound to it once.
+        used: bool,
         out: VecDeque<BasicOut>,
         out_bytes: usize,
     },
@@ -125,6 +130,8 @@ pub(super) struct SessionData {
     /// ConnectToPortError flags not yet matched to the FIN that follows each (the flag does
     /// not name its stream; the agent sends it right before that stream's FIN).
     pub(super) refused: u32,
+    /// A handshake message after the session was negotiated has been logged.
+    pub(super) late_handshake_logged: bool,
 }
 
 impl SessionData {
@@ -137,6 +144,7 @@ impl SessionData {
             broken: None,
             unusable: None,
             refused: 0,
+            late_handshake_logged: false,
         }
     }
 
@@ -173,8 +181,15 @@ pub(super) struct Session {
     pub(super) uploads_open: bool,
     /// Resumes it survived.
     pub(super) resumes: u64,
-    /// It is being ended for good (its connections are being closed).
+    /// It is being ended for good (its connections are being closed, or its basic-mode
+    /// connection closed and it is retiring).
     pub(super) ending: bool,
+    /// A successor started because its stripe's basic-mode primary took its one connection:
+    /// once it forwards it becomes the primary without the events of a rotation.
+    pub(super) spare: bool,
+    /// Its basic-mode connection closed: what that connection sent is waiting to be
+    /// acknowledged, until this deadline at most; then the session ends.
+    pub(super) retiring: Option<Instant>,
 }
 
 impl Session {
@@ -197,6 +212,8 @@ impl Session {
             uploads_open: false,
             resumes: 0,
             ending: false,
+            spare: false,
+            retiring: None,
         }
     }
 
@@ -241,13 +258,14 @@ impl Session {
     }
 
     /// Whether it can take one more connection: negotiated (connections then wait in its
-    /// channel through an outage) and, in basic mode, not already carrying one.
+    /// channel through an outage) and, in basic mode, never used by one.
     pub(super) fn can_take_connection(&self) -> bool {
         self.role == SessionRole::Primary
+            && self.retiring.is_none()
             && self.data.as_ref().is_some_and(|d| match &d.forward {
                 Forward::Pending => false,
                 Forward::Mux { .. } => true,
-                Forward::Basic { active, .. } => active.is_none(),
+                Forward::Basic { active, used, .. } => active.is_none() && !used,
             })
     }
 

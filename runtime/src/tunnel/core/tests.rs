@@ -293,3 +293,192 @@ fn output_before_any_handshake_is_a_shell_session_and_ends_the_tunnel() {
         "{events:?}"
     );
 }
+
+/// A message from the agent at `seq`.
+fn agent_message(
+    seq: i64,
+    payload_type: crate::protocol::PayloadType,
+    payload: &'static [u8],
+) -> bytes::Bytes {
+    use crate::protocol::message::SCHEMA_VERSION;
+    use crate::protocol::{ClientMessage, MessageType};
+    ClientMessage {
+        message_type: MessageType::OutputStreamData,
+        schema_version: SCHEMA_VERSION,
+        created_date: 1,
+        sequence_number: seq,
+        flags: 0,
+        message_id: uuid::Uuid::new_v4(),
+        payload_type,
+        payload: bytes::Bytes::from_static(payload),
+    }
+    .encode()
+}
+
+const MUX_REQUEST: &[u8] = br#"{"AgentVersion":"3.3.987.0","RequestedClientActions":[{"ActionType":"SessionType","ActionParameters":{"SessionType":"Port","Properties":{"portNumber":"80","type":"LocalPortForwarding"}}}]}"#;
+const BASIC_REQUEST: &[u8] = br#"{"AgentVersion":"3.0.0.0","RequestedClientActions":[{"ActionType":"SessionType","ActionParameters":{"SessionType":"Port","Properties":{"portNumber":"80","type":"LocalPortForwarding"}}}]}"#;
+const COMPLETE: &[u8] = br#"{"HandshakeTimeToComplete":1000000,"CustomerMessage":""}"#;
+
+/// Input-stream messages (ours) among the frames of `actions`, as (seq, payload type).
+fn sent_messages(actions: &[Action]) -> Vec<(i64, crate::protocol::PayloadType)> {
+    use crate::protocol::{ClientMessage, MessageType};
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { frames, .. } => Some(frames),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|f| match f {
+            OutFrame::Binary(bytes) => ClientMessage::decode(bytes.clone()).ok(),
+            OutFrame::Ping => None,
+        })
+        .map(|d| d.message)
+        .filter(|m| m.message_type == MessageType::InputStreamData)
+        .map(|m| (m.sequence_number, m.payload_type))
+        .collect()
+}
+
+#[test]
+fn a_second_handshake_cannot_switch_the_mode_of_a_negotiated_session() {
+    use crate::protocol::PayloadType;
+    let t0 = Instant::now();
+    let (mut core, socket) = connected(t0);
+    core.handle_frame(
+        socket,
+        agent_message(0, PayloadType::HANDSHAKE_REQUEST, MUX_REQUEST),
+        t0,
+    );
+    core.handle_frame(
+        socket,
+        agent_message(1, PayloadType::HANDSHAKE_COMPLETE, COMPLETE),
+        t0,
+    );
+    let conn = core.handle_accept("peer".into(), t0);
+    let bound = actions(&mut core);
+    assert!(
+        bound
+            .iter()
+            .any(|a| matches!(a, Action::Bind { conn: c, .. } if *c == conn)),
+        "{bound:?}"
+    );
+    let mode = |core: &Core| {
+        core.sessions[0]
+            .data
+            .as_ref()
+            .and_then(|d| d.mode())
+            .expect("negotiated")
+    };
+    assert!(matches!(mode(&core), handshake::PortMode::Mux { .. }));
+    // The agent (or something posing as it) starts over, offering basic mode.
+    core.handle_frame(
+        socket,
+        agent_message(2, PayloadType::HANDSHAKE_REQUEST, BASIC_REQUEST),
+        t0,
+    );
+    core.handle_frame(
+        socket,
+        agent_message(3, PayloadType::HANDSHAKE_COMPLETE, COMPLETE),
+        t0,
+    );
+    let after = actions(&mut core);
+    assert!(
+        !sent_messages(&after)
+            .iter()
+            .any(|(_, t)| *t == PayloadType::HANDSHAKE_RESPONSE),
+        "the late request was answered: {after:?}"
+    );
+    assert!(matches!(mode(&core), handshake::PortMode::Mux { .. }));
+    // The connection still has its stream and carries on.
+    assert!(core.conns.get(conn).is_some_and(|c| c.stream.is_some()));
+    assert!(
+        !after.iter().any(|a| matches!(a, Action::CloseLocal { .. })),
+        "{after:?}"
+    );
+    assert!(
+        core.sessions[0]
+            .data
+            .as_ref()
+            .is_some_and(|d| d.late_handshake_logged)
+    );
+}
+
+#[test]
+fn a_second_handshake_request_before_the_first_completes_is_ignored_too() {
+    use crate::protocol::PayloadType;
+    let t0 = Instant::now();
+    let (mut core, socket) = connected(t0);
+    core.handle_frame(
+        socket,
+        agent_message(0, PayloadType::HANDSHAKE_REQUEST, MUX_REQUEST),
+        t0,
+    );
+    core.handle_frame(
+        socket,
+        agent_message(1, PayloadType::HANDSHAKE_REQUEST, BASIC_REQUEST),
+        t0,
+    );
+    core.handle_frame(
+        socket,
+        agent_message(2, PayloadType::HANDSHAKE_COMPLETE, COMPLETE),
+        t0,
+    );
+    let responses = sent_messages(&actions(&mut core))
+        .into_iter()
+        .filter(|(_, t)| *t == PayloadType::HANDSHAKE_RESPONSE)
+        .count();
+    assert_eq!(responses, 1);
+    assert!(matches!(
+        core.sessions[0].data.as_ref().and_then(|d| d.mode()),
+        Some(handshake::PortMode::Mux { .. })
+    ));
+}
+
+/// The last upload-gate change among `actions`.
+fn gate(actions: &[Action]) -> Option<bool> {
+    actions.iter().rev().find_map(|a| match a {
+        Action::Uploads { open, .. } => Some(*open),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_gap_the_agent_never_fills_closes_the_upload_gate_only_for_a_while() {
+    use crate::protocol::PayloadType;
+    let t0 = Instant::now();
+    let (mut core, socket) = connected(t0);
+    core.handle_frame(
+        socket,
+        agent_message(0, PayloadType::HANDSHAKE_REQUEST, MUX_REQUEST),
+        t0,
+    );
+    core.handle_frame(
+        socket,
+        agent_message(1, PayloadType::HANDSHAKE_COMPLETE, COMPLETE),
+        t0,
+    );
+    assert_eq!(gate(&actions(&mut core)), Some(true));
+    // 2100 messages behind a gap at 2 that never fills.
+    for seq in 3..2103 {
+        core.handle_frame(socket, agent_message(seq, PayloadType::OUTPUT, b"x"), t0);
+    }
+    assert_eq!(
+        gate(&actions(&mut core)),
+        Some(false),
+        "throttled behind the gap"
+    );
+    let patience = ChannelConfig::default().gap_patience;
+    let mut now = t0;
+    let mut reopened = None;
+    while now < t0 + 2 * patience {
+        now = core.poll_timeout().expect("a timer").max(now);
+        core.handle_timeout(now);
+        // Keep the socket alive meanwhile.
+        core.handle_socket_activity(socket, now);
+        if gate(&actions(&mut core)) == Some(true) {
+            reopened = Some(now);
+            break;
+        }
+    }
+    assert_eq!(reopened, Some(t0 + patience), "the gate stayed shut");
+}

@@ -9,8 +9,8 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::Input;
 use crate::transport::connect::DataSocket;
@@ -81,6 +81,11 @@ async fn read_loop(id: SocketId, mut stream: SplitStream<DataSocket>, data: mpsc
                     },
                     None => SocketClose::ClosedWithoutCode,
                 };
+            }
+            // The limits of `transport::connect::socket_config`: the peer breaks the protocol,
+            // so this socket goes (the session is resumed on a new one).
+            Some(Err(tungstenite::Error::Capacity(err))) => {
+                break SocketClose::Failed(format!("oversized message from the service: {err}"));
             }
             Some(Err(err)) => break SocketClose::Failed(err.to_string()),
             None => break SocketClose::Ended,

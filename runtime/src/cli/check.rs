@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use ssm_tether::plugin::PluginEngine;
+use ssm_tether::plugin::text::escape;
 use ssm_tether::policy;
 use ssm_tether::policy::Role;
 use ssm_tether::reload::Reloader;
@@ -57,7 +58,8 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<ExitCode> {
         anyhow::Ok(Reloader::start(engine, path, &policy).await)
     })?;
     if let Err(err) = started {
-        eprintln!("ssm-tether: {err}");
+        // The error may quote a plugin (its `init` message): escaped, one line.
+        eprintln!("ssm-tether: {}", escape(&err.to_string()));
         return Ok(ExitCode::from(EXIT_USAGE));
     }
     for tunnel in &policy.tunnels {

@@ -1,4 +1,7 @@
 //! `ssm-tether plugin inspect|test`: tools for plugin authors.
+//!
+//! Whatever a plugin said is printed escaped (`plugin::text`): a plugin cannot forge lines
+//! of this output or drive the terminal.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -8,6 +11,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use ssm_tether::aws::{ApiError, ApiErrorKind};
 use ssm_tether::events::{Cause, ConnectFailure, EventKind, ProbeFailure, SessionRef, TunnelEvent};
+use ssm_tether::plugin::text::escape;
 use ssm_tether::plugin::{
     PACKAGE_VERSION, PluginEngine, PluginInstance, TcpTarget, TunnelInfo, TunnelLink,
 };
@@ -86,7 +90,7 @@ async fn inspect(engine: &PluginEngine, plugin: &str) -> anyhow::Result<ExitCode
     let loaded = match engine.load(&source(plugin)).await {
         Ok(loaded) => loaded,
         Err(err) => {
-            eprintln!("ssm-tether: {err}");
+            eprintln!("ssm-tether: {}", escape(&err.to_string()));
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
@@ -110,13 +114,13 @@ async fn inspect(engine: &PluginEngine, plugin: &str) -> anyhow::Result<ExitCode
     }
     match loaded.describe().await {
         Ok(info) => {
-            println!("name:     {}", info.name);
-            println!("version:  {}", info.version);
-            println!("about:    {}", info.description);
+            println!("name:     {}", escape(&info.name));
+            println!("version:  {}", escape(&info.version));
+            println!("about:    {}", escape(&info.description));
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
-            eprintln!("ssm-tether: {err}");
+            eprintln!("ssm-tether: {}", escape(&err.to_string()));
             Ok(ExitCode::from(EXIT_FAILURE))
         }
     }
@@ -137,7 +141,7 @@ async fn test(engine: &PluginEngine, args: TestArgs) -> anyhow::Result<ExitCode>
     let world = match engine.load(&source).await {
         Ok(loaded) => loaded.world,
         Err(err) => {
-            eprintln!("ssm-tether: {err}");
+            eprintln!("ssm-tether: {}", escape(&err.to_string()));
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
@@ -165,7 +169,7 @@ async fn test(engine: &PluginEngine, args: TestArgs) -> anyhow::Result<ExitCode>
     let plugin = match PluginInstance::start(engine, &spec, world, sample_tunnel(), link).await {
         Ok(plugin) => plugin,
         Err(err) => {
-            eprintln!("ssm-tether: {err}");
+            eprintln!("ssm-tether: {}", escape(&err.to_string()));
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
@@ -226,11 +230,11 @@ async fn test(engine: &PluginEngine, args: TestArgs) -> anyhow::Result<ExitCode>
     };
     match answer {
         Ok(answer) => {
-            println!("answer:   {answer}");
+            println!("answer:   {}", escape(&answer));
             Ok(ExitCode::SUCCESS)
         }
         Err(failure) => {
-            println!("failed:   {}", failure.reason);
+            println!("failed:   {}", escape(&failure.reason));
             println!("          (the runtime's built-in fallback would decide instead)");
             Ok(ExitCode::from(EXIT_FAILURE))
         }

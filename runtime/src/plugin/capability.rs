@@ -17,23 +17,27 @@ use tokio::sync::watch;
 use wasmtime::component::Resource;
 
 use super::bindings::{host, tunnel_tcp, types};
+use super::rate::{self, Admit, PluginRates};
 use super::sandbox::StoreState;
+use super::text;
 use crate::events::{TunnelState, TunnelStatus};
 use crate::policy::{Grants, LocalAddress};
 
 use tunnel_tcp::TcpError;
 
-/// Longest line a plugin may log; longer ones are cut.
-const MAX_LOG_BYTES: usize = 4096;
-/// Lines a plugin may log per call; the rest are dropped (and counted once).
-const MAX_LOG_LINES: u32 = 100;
-/// Connections a probe may hold open at once.
+/// Connections a probe may hold open at once. How fast it may open them is limited too
+/// (`rate::CONNECT_BURST`, `rate::CONNECT_EVERY`).
 const MAX_CONNECTIONS: usize = 4;
 /// Longest wait any `tunnel-tcp` operation may ask for.
 const MAX_WAIT_MS: u32 = 60_000;
-/// Largest `read` and `write`.
+/// Largest `read`.
 const MAX_READ: u32 = 65_536;
-const MAX_WRITE: usize = 1 << 20;
+/// Bytes one call may write through all its connections together (and the largest single
+/// `write`). With the read budget, a probe run moves at most 512 KiB: a health check needs
+/// a few KiB, and its traffic stays small next to the application's at any `interval`.
+const WRITE_BUDGET: usize = 256 << 10;
+/// Bytes one call may read through all its connections together.
+const READ_BUDGET: usize = 256 << 10;
 
 /// The `tunnel-tcp` resource: an id into [`HostContext`]'s connections.
 #[allow(unreachable_pub)] // named by the generated bindings
@@ -151,37 +155,45 @@ pub(crate) struct HostContext {
     tunnel: String,
     grants: Grants,
     link: TunnelLink,
+    /// Rate limits shared by every instance of the plugin.
+    rates: PluginRates,
     conns: HashMap<u32, Option<ProbeStream>>,
     next_conn: u32,
-    log_lines: u32,
+    /// Bytes written and read by the current call.
+    written: usize,
+    read: usize,
     /// The session the current call is about (`host.call-session`).
     pub(crate) call_session: Option<types::SessionRef>,
 }
 
 impl HostContext {
     /// A template for the instances of a plugin serving `tunnel`.
-    pub(crate) fn new(tunnel: &str, link: TunnelLink) -> Self {
+    pub(crate) fn new(tunnel: &str, link: TunnelLink, rates: PluginRates) -> Self {
         Self {
             tunnel: tunnel.to_owned(),
             link,
+            rates,
             ..Self::default()
         }
     }
 
-    /// A fresh context for one instance.
+    /// A fresh context for one instance; the rate limits carry over (a fresh instance does
+    /// not get a fresh allowance).
     pub(crate) fn for_instance(&self, plugin: &str, grants: Grants) -> Self {
         Self {
             plugin: plugin.to_owned(),
             tunnel: self.tunnel.clone(),
             grants,
             link: self.link.clone(),
+            rates: self.rates.clone(),
             ..Self::default()
         }
     }
 
-    /// Called before every call: per-call quotas start again.
+    /// Called before every call: per-call budgets start again.
     pub(crate) fn begin_call(&mut self) {
-        self.log_lines = 0;
+        self.written = 0;
+        self.read = 0;
     }
 
     /// Closes every connection the plugin opened (at the end of each probe).
@@ -215,25 +227,18 @@ impl types::Host for StoreState {}
 
 impl host::Host for StoreState {
     async fn log(&mut self, level: types::LogLevel, message: String) -> wasmtime::Result<()> {
-        let host = &mut self.host;
-        host.log_lines += 1;
-        if host.log_lines > MAX_LOG_LINES {
-            if host.log_lines == MAX_LOG_LINES + 1 {
-                tracing::warn!(plugin = %host.plugin, tunnel = %host.tunnel,
-                    "plugin logs too much; further lines of this call are dropped");
-            }
-            return Ok(());
-        }
-        let mut message = message;
-        if message.len() > MAX_LOG_BYTES {
-            let mut cut = MAX_LOG_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push('…');
-        }
+        let host = &self.host;
         let (plugin, tunnel) = (&host.plugin, &host.tunnel);
+        match rate::lock(&host.rates.log).admit(std::time::Instant::now()) {
+            Admit::Drop => return Ok(()),
+            Admit::Write { suppressed: 0 } => {}
+            Admit::Write { suppressed } => {
+                tracing::warn!(plugin = %plugin, tunnel = %tunnel, suppressed,
+                    "plugin log lines suppressed: more than {} at once or {} a minute",
+                    rate::LOG_BURST, Duration::from_secs(60).as_millis() / rate::LOG_EVERY.as_millis());
+            }
+        }
+        let message = text::bounded_owned(message, text::MAX_LOG_LINE);
         match level {
             types::LogLevel::Trace => {
                 tracing::trace!(plugin = %plugin, tunnel = %tunnel, "{message}")
@@ -287,6 +292,15 @@ impl tunnel_tcp::Host for StoreState {
         {
             return Ok(Err(TcpError::TunnelDown));
         }
+        // Each connection is a stream through the tunnel (and two events): opening them as
+        // fast as possible would load the tunnel the probe is meant to check.
+        if !rate::lock(&host.rates.connects).take(std::time::Instant::now()) {
+            return Ok(Err(TcpError::Denied(format!(
+                "connection rate limit: at most {} at once, then {} a second",
+                rate::CONNECT_BURST,
+                Duration::from_secs(1).as_millis() / rate::CONNECT_EVERY.as_millis()
+            ))));
+        }
         let stream = match tokio::time::timeout(timeout, target.connect()).await {
             Err(_) => return Ok(Err(TcpError::Timeout)),
             Ok(Err(err)) => return Ok(Err(TcpError::Unreachable(err.to_string()))),
@@ -310,22 +324,30 @@ impl tunnel_tcp::HostConnection for StoreState {
             Ok(t) => t,
             Err(e) => return Ok(Err(e)),
         };
-        if data.len() > MAX_WRITE {
+        if data.len() > WRITE_BUDGET {
             return Ok(Err(TcpError::InvalidArgument(format!(
-                "data: at most {MAX_WRITE} bytes per write"
+                "data: at most {WRITE_BUDGET} bytes per write"
+            ))));
+        }
+        let written = self.host.written.saturating_add(data.len());
+        if written > WRITE_BUDGET {
+            return Ok(Err(TcpError::Denied(format!(
+                "byte budget: at most {WRITE_BUDGET} bytes written per call"
             ))));
         }
         let stream = match self.host.stream(&conn, &self.table) {
             Ok(s) => s,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(
-            match tokio::time::timeout(timeout, stream.write_all(&data)).await {
-                Err(_) => Err(TcpError::Timeout),
-                Ok(Err(err)) => Err(io_error(&err)),
-                Ok(Ok(())) => Ok(()),
-            },
-        )
+        let result = match tokio::time::timeout(timeout, stream.write_all(&data)).await {
+            Err(_) => Err(TcpError::Timeout),
+            Ok(Err(err)) => Err(io_error(&err)),
+            Ok(Ok(())) => Ok(()),
+        };
+        // All of `data` counts, whatever the outcome: a write that timed out or failed may
+        // have sent part of it.
+        self.host.written = written;
+        Ok(result)
     }
 
     async fn read(
@@ -343,21 +365,30 @@ impl tunnel_tcp::HostConnection for StoreState {
                 "max-bytes must be 1..={MAX_READ}, got {max_bytes}"
             ))));
         }
+        let left = READ_BUDGET.saturating_sub(self.host.read);
+        if left == 0 {
+            return Ok(Err(TcpError::Denied(format!(
+                "byte budget: at most {READ_BUDGET} bytes read per call"
+            ))));
+        }
         let stream = match self.host.stream(&conn, &self.table) {
             Ok(s) => s,
             Err(e) => return Ok(Err(e)),
         };
-        let mut buf = vec![0; max_bytes as usize];
-        Ok(
-            match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
-                Err(_) => Err(TcpError::Timeout),
-                Ok(Err(err)) => Err(io_error(&err)),
-                Ok(Ok(n)) => {
-                    buf.truncate(n);
-                    Ok(buf)
-                }
-            },
-        )
+        // "Up to max-bytes": the last read of a call's budget returns fewer.
+        let mut buf = vec![0; (max_bytes as usize).min(left)];
+        let result = match tokio::time::timeout(timeout, stream.read(&mut buf)).await {
+            Err(_) => Err(TcpError::Timeout),
+            Ok(Err(err)) => Err(io_error(&err)),
+            Ok(Ok(n)) => {
+                buf.truncate(n);
+                Ok(buf)
+            }
+        };
+        if let Ok(data) = &result {
+            self.host.read += data.len();
+        }
+        Ok(result)
     }
 
     async fn close(&mut self, conn: Resource<ProbeConnection>) -> wasmtime::Result<()> {

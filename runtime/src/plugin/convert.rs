@@ -1,9 +1,13 @@
 //! Runtime types ⇄ WIT types. The WIT mirrors the runtime's vocabulary one to one, so these
 //! are plain field copies; durations become milliseconds (saturating).
+//!
+//! Text coming back from a plugin is bounded and escaped here ([`text`]), so no host type
+//! ever holds a plugin's raw string.
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::bindings::types as wit;
+use super::text;
 use crate::aws::{ApiError, ApiErrorKind};
 use crate::events::{Cause, ProbeFailure, SessionRef};
 use crate::events::{EventKind, ProbeOutcome, TunnelEvent};
@@ -124,7 +128,7 @@ pub(crate) fn decision(answer: wit::Decision) -> Result<Decision, String> {
             reason: if reason.trim().is_empty() {
                 "the reconnect policy gave up".to_owned()
             } else {
-                reason
+                plugin_text(reason)
             },
         },
     })
@@ -133,8 +137,23 @@ pub(crate) fn decision(answer: wit::Decision) -> Result<Decision, String> {
 pub(crate) fn probe_outcome(outcome: wit::ProbeOutcome) -> ProbeOutcome {
     match outcome {
         wit::ProbeOutcome::Healthy => ProbeOutcome::Healthy,
-        wit::ProbeOutcome::Degraded(r) => ProbeOutcome::Degraded(r),
-        wit::ProbeOutcome::Unhealthy(r) => ProbeOutcome::Unhealthy(r),
+        wit::ProbeOutcome::Degraded(r) => ProbeOutcome::Degraded(plugin_text(r)),
+        wit::ProbeOutcome::Unhealthy(r) => ProbeOutcome::Unhealthy(plugin_text(r)),
+    }
+}
+
+/// A reason or message from a plugin, bounded and escaped.
+pub(crate) fn plugin_text(text: String) -> String {
+    text::bounded_owned(text, text::MAX_TEXT)
+}
+
+/// What `describe` returned, bounded and escaped: the name and version appear in every
+/// event and log line about the plugin.
+pub(crate) fn plugin_info(info: wit::PluginInfo) -> wit::PluginInfo {
+    wit::PluginInfo {
+        name: text::bounded_owned(info.name, text::MAX_NAME),
+        version: text::bounded_owned(info.version, text::MAX_NAME),
+        description: plugin_text(info.description),
     }
 }
 

@@ -11,7 +11,8 @@ use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Config, Engine};
 
 use super::bindings::{self, health, hooks, plugin, reconnect};
-use super::cache::ComponentCache;
+use super::cache::{self, ComponentCache};
+use super::compile::{self, CompileOptions};
 use super::error::LoadError;
 use super::sandbox::StoreState;
 use crate::builtin;
@@ -40,28 +41,41 @@ struct Inner {
     engine: Engine,
     linker: Linker<StoreState>,
     cache: Option<ComponentCache>,
+    compile: CompileOptions,
+    /// Held while compiling.
+    compile_slot: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for PluginEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PluginEngine")
             .field("cache", &self.inner.cache)
+            .field("compile", &self.inner.compile)
             .finish_non_exhaustive()
     }
 }
 
 impl PluginEngine {
-    /// An engine caching compiled plugins in `cache_dir` (`None`: no disk cache), with an
-    /// epoch ticker thread that ends when the engine is dropped.
+    /// An engine caching compiled plugins in `cache_dir` (`None`: no disk cache) and
+    /// compiling with the default [`CompileOptions`], with an epoch ticker thread that ends
+    /// when the engine is dropped.
     ///
     /// # Errors
     /// wasmtime rejects the configuration, or the linker cannot be built.
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, LoadError> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        // Deep recursion traps instead of overflowing the host's stack.
-        config.max_wasm_stack(512 << 10);
-        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        Self::with_options(cache_dir, CompileOptions::default())
+    }
+
+    /// Like [`Self::new`], compiling within `compile`'s budgets.
+    ///
+    /// # Errors
+    /// wasmtime rejects the configuration, or the linker cannot be built.
+    pub fn with_options(
+        cache_dir: Option<PathBuf>,
+        compile: CompileOptions,
+    ) -> Result<Self, LoadError> {
+        let engine =
+            Engine::new(&engine_config()).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         // Rust's wasm32-wasip2 std imports some WASI interfaces; they are served by an empty,
         // deny-all context (see `sandbox`).
@@ -76,6 +90,8 @@ impl PluginEngine {
                 engine,
                 linker,
                 cache,
+                compile,
+                compile_slot: std::sync::Mutex::new(()),
             }),
         })
     }
@@ -110,23 +126,21 @@ impl PluginEngine {
                 .into(),
         };
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.load_blocking(label, &bytes))
+        tokio::task::spawn_blocking(move || this.load_blocking(label, bytes))
             .await
             .map_err(|e| LoadError::Engine(format!("compile task failed: {e}")))?
     }
 
-    fn load_blocking(&self, label: String, bytes: &[u8]) -> Result<Arc<LoadedPlugin>, LoadError> {
-        check_header(&label, bytes)?;
-        let sha256 = hex::encode(Sha256::digest(bytes));
+    fn load_blocking(
+        &self,
+        label: String,
+        bytes: Arc<[u8]>,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        check_header(&label, &bytes)?;
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        let sha256 = hex::encode(digest);
         let engine = &self.inner.engine;
-        let compiled = match &self.inner.cache {
-            Some(cache) => cache.load_or_compile(engine, bytes, &sha256),
-            None => Component::from_binary(engine, bytes),
-        };
-        let component = compiled.map_err(|e| LoadError::Compile {
-            plugin: label.clone(),
-            detail: format!("{e:#}"),
-        })?;
+        let component = self.compiled(&label, &bytes, &digest)?;
         let (world, version) = detect_world(&label, engine, &component)?;
         let pre = self
             .inner
@@ -167,6 +181,60 @@ impl PluginEngine {
             role_exports,
         }))
     }
+}
+
+impl PluginEngine {
+    /// The compiled component: from the cache if it holds a trusted entry for these bytes,
+    /// else compiled within the budgets (and then stored).
+    fn compiled(
+        &self,
+        label: &str,
+        bytes: &Arc<[u8]>,
+        sha256: &[u8; 32],
+    ) -> Result<Component, LoadError> {
+        let engine = &self.inner.engine;
+        let cache = self.inner.cache.as_ref().and_then(ComponentCache::open);
+        let cached = || cache.as_ref().and_then(|c| c.load(engine, sha256));
+        if let Some(component) = cached() {
+            return Ok(component);
+        }
+        // One compile at a time, so that the memory budget bounds the process too, not each
+        // of many tunnels loading plugins at once.
+        let _slot = match self.inner.compile_slot.try_lock() {
+            Ok(slot) => slot,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                let slot = self
+                    .inner
+                    .compile_slot
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                // The compile we waited for may have been of the same component.
+                if let Some(component) = cached() {
+                    return Ok(component);
+                }
+                slot
+            }
+        };
+        let artifact = compile::compile(&self.inner.compile, engine, label, bytes)?;
+        if let Some(cache) = &cache {
+            cache.store(sha256, &artifact);
+        }
+        cache::deserialize(engine, &artifact).map_err(|e| LoadError::Compile {
+            plugin: label.to_owned(),
+            detail: format!("{e:#}"),
+        })
+    }
+}
+
+/// The engine's configuration; the compile worker builds its engine from it too, so what
+/// it compiles loads here.
+pub(super) fn engine_config() -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    // Deep recursion traps instead of overflowing the host's stack.
+    config.max_wasm_stack(512 << 10);
+    config
 }
 
 /// A compiled, linked plugin: instantiating it is cheap and cannot fail on imports.
@@ -241,8 +309,11 @@ pub(crate) enum RoleIndices {
     Hooks(hooks::GuestIndices),
 }
 
-/// Largest plugin file accepted (a Python component is about 18 MB).
-const MAX_PLUGIN_BYTES: u64 = 256 << 20;
+/// Largest plugin file accepted. Real components are far smaller (componentize-py embeds
+/// CPython in about 18 MB, componentize-js SpiderMonkey in about 12 MB, Rust ones are tens
+/// of kilobytes); the bound keeps what a hostile file can make the compiler chew on, and
+/// the memory that holds it, in proportion.
+pub(super) const MAX_PLUGIN_BYTES: u64 = 64 << 20;
 
 async fn read_bounded(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
     let size = tokio::fs::metadata(path).await?.len();

@@ -78,6 +78,18 @@ pub enum LoadError {
         /// The compiler's message.
         detail: String,
     },
+    /// Compiling the component took longer than its time budget.
+    #[error(
+        "plugin {plugin}: compiling it took longer than the {} s allowed; a component this \
+         slow to compile is refused",
+        budget.as_secs_f64()
+    )]
+    CompileTimeout {
+        /// The plugin.
+        plugin: String,
+        /// The time budget.
+        budget: std::time::Duration,
+    },
     /// The component imports something the host does not provide.
     #[error("plugin {plugin}: cannot be linked: {detail}")]
     Link {

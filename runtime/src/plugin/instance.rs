@@ -13,6 +13,7 @@ use super::capability::{HostContext, TunnelLink};
 use super::convert;
 use super::engine::PluginEngine;
 use super::error::{CallFailure, LoadError};
+use super::rate::{self, Admit, PluginRates};
 use super::sandbox::{Failure, Sandbox};
 use crate::events::{ProbeOutcome, TunnelEvent};
 use crate::policy::{PluginSpec, Role};
@@ -32,6 +33,7 @@ pub struct PluginInstance {
     link: TunnelLink,
     sandbox: tokio::sync::Mutex<Sandbox>,
     health: Mutex<Quarantine>,
+    rates: PluginRates,
 }
 
 impl std::fmt::Debug for PluginInstance {
@@ -72,7 +74,8 @@ impl PluginInstance {
     ) -> Result<Self, LoadError> {
         let loaded = engine.load(&spec.source).await?;
         loaded.expect_role(role)?;
-        let host = HostContext::new(&tunnel.name, link.clone());
+        let rates = PluginRates::default();
+        let host = HostContext::new(&tunnel.name, link.clone(), rates.clone());
         let label = loaded.label.clone();
         let (sandbox, info) = Sandbox::start(loaded, spec.clone(), host).await?;
         Ok(Self {
@@ -83,7 +86,44 @@ impl PluginInstance {
             link,
             sandbox: tokio::sync::Mutex::new(sandbox),
             health: Mutex::new(Quarantine::default()),
+            rates,
         })
+    }
+
+    /// Whether the plugin is quarantined now: a call would be refused without running.
+    /// Callers that only observe (hooks, health checks) skip the call, and report nothing:
+    /// the failure that started the quarantine was reported.
+    pub fn quarantined(&self) -> bool {
+        let health = rate::lock(&self.health);
+        health.until.is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Logs a failed call as a warning, rate-limited per plugin (10 at once, then 10 a
+    /// minute): the `plugin-failed` event reports every failure, the log need not.
+    pub fn log_failure(&self, failure: &CallFailure) {
+        if !self.log_admitted() {
+            return;
+        }
+        let what = match self.role {
+            Role::ReconnectPolicy => "reconnect policy failed; the built-in policy decides",
+            Role::HealthCheck => "health check failed to run",
+            Role::EventHook => "event hook failed",
+        };
+        tracing::warn!(tunnel = %self.tunnel.name, error = %failure, "{what}");
+    }
+
+    /// Takes a token for a line about this plugin's failures, first reporting lines dropped.
+    fn log_admitted(&self) -> bool {
+        match rate::lock(&self.rates.failures).admit(Instant::now()) {
+            Admit::Drop => false,
+            Admit::Write { suppressed } => {
+                if suppressed > 0 {
+                    tracing::warn!(plugin = %self.label, tunnel = %self.tunnel.name, suppressed,
+                        "failure reports of this plugin suppressed (rate limit)");
+                }
+                true
+            }
+        }
     }
 
     /// The plugin as written in the policy file (`builtin:NAME` or the path).
@@ -171,7 +211,7 @@ impl PluginInstance {
     }
 
     fn admit(&self) -> Result<(), CallFailure> {
-        let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let health = rate::lock(&self.health);
         match health.until {
             Some(until) if Instant::now() < until => Err(CallFailure {
                 plugin: self.label.clone(),
@@ -187,30 +227,48 @@ impl PluginInstance {
     }
 
     fn record<R>(&self, result: Result<R, Failure>) -> Result<R, CallFailure> {
-        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        match result {
+        let mut health = rate::lock(&self.health);
+        let failure = match result {
             Ok(answer) => {
                 *health = Quarantine::default();
-                Ok(answer)
+                return Ok(answer);
             }
-            Err(failure) => {
-                health.consecutive += 1;
-                let quarantined = health.consecutive >= QUARANTINE_AFTER;
-                if quarantined {
-                    let backoff = health
-                        .backoff
-                        .map_or(FIRST_QUARANTINE, |b| (b * 2).min(MAX_QUARANTINE));
-                    health.backoff = Some(backoff);
-                    health.until = Some(Instant::now() + backoff);
-                    tracing::warn!(plugin = %self.label, tunnel = %self.tunnel.name, ?backoff,
-                        "plugin quarantined after {} failures in a row", health.consecutive);
-                }
-                Err(CallFailure {
-                    plugin: self.label.clone(),
-                    reason: failure.reason(),
-                    quarantined,
-                })
-            }
+            Err(failure) => failure,
+        };
+        health.consecutive += 1;
+        let quarantine = (health.consecutive >= QUARANTINE_AFTER).then(|| {
+            let backoff = health
+                .backoff
+                .map_or(FIRST_QUARANTINE, |b| (b * 2).min(MAX_QUARANTINE));
+            health.backoff = Some(backoff);
+            health.until = Some(Instant::now() + backoff);
+            (backoff, health.consecutive)
+        });
+        drop(health);
+        if let Some((backoff, consecutive)) = quarantine
+            && self.log_admitted()
+        {
+            tracing::warn!(plugin = %self.label, tunnel = %self.tunnel.name, ?backoff,
+                "plugin quarantined after {consecutive} failures in a row");
+        }
+        Err(CallFailure {
+            plugin: self.label.clone(),
+            reason: failure.reason(),
+            quarantined: quarantine.is_some(),
+        })
+    }
+}
+
+impl Drop for PluginInstance {
+    /// Reports what the rate limits dropped since the last line written (a reload or a
+    /// stopped tunnel ends the plugin before it logs again).
+    fn drop(&mut self) {
+        let log = rate::lock(&self.rates.log).take_suppressed();
+        let failures = rate::lock(&self.rates.failures).take_suppressed();
+        if log + failures > 0 {
+            tracing::warn!(plugin = %self.label, tunnel = %self.tunnel.name,
+                suppressed_log_lines = log, suppressed_failure_reports = failures,
+                "plugin log lines suppressed (rate limit)");
         }
     }
 }

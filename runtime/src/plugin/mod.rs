@@ -17,14 +17,21 @@
 mod bindings;
 mod cache;
 mod capability;
+mod compile;
 mod convert;
 mod engine;
 mod error;
 mod instance;
+mod rate;
 mod sandbox;
 mod set;
+pub mod text;
+mod trusted_dir;
 
 pub use capability::{TcpTarget, TunnelLink};
+pub use compile::{
+    CompileOptions, DEFAULT_COMPILE_MEMORY, DEFAULT_COMPILE_TIMEOUT, Isolation, compile_worker_main,
+};
 pub use engine::{LoadedPlugin, PACKAGE_VERSION, PluginEngine};
 pub use error::{CallFailure, LoadError};
 pub use instance::{PluginInfo, PluginInstance, QUARANTINE_AFTER, TunnelInfo};

@@ -15,15 +15,17 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{health, hooks, reconnect, types};
 use super::capability::HostContext;
+use super::convert;
 use super::engine::{LoadedPlugin, RoleIndices, TICK};
 use super::error::LoadError;
+use super::text;
 use crate::policy::{Grants, Limits, PluginSpec};
 
 /// What a plugin's store holds.
 pub(crate) struct StoreState {
     wasi: WasiCtx,
     pub(crate) table: ResourceTable,
-    limiter: MemoryLimiter,
+    limiter: StoreLimiter,
     pub(crate) host: HostContext,
     /// Epoch ticks the current call has used, and its budget.
     ticks: u64,
@@ -39,46 +41,103 @@ impl WasiView for StoreState {
     }
 }
 
-/// Caps linear memory and records that the cap was hit, so the failure can say so.
-struct MemoryLimiter {
-    cap: usize,
+// How many core instances, memories and tables components need, measured by instantiating
+// them: a Rust component (wasm32-wasip2) 4 instances, 1 memory, 1 table; the
+// componentize-py example (`examples/redis-check-py`, CPython inside) 14 instances, 1 memory
+// of 12.3 MiB, 2 tables of 92 and 5678 elements; componentize-js 4 instances. The
+// limits leave about twice the largest; they only matter together with the memory cap, which
+// is what bounds the memory a plugin holds.
+
+/// Core instances a plugin's store may create.
+const MAX_INSTANCES: usize = 32;
+/// Linear memories a store may create (their sizes count against one cap together).
+const MAX_MEMORIES: usize = 8;
+/// Tables a store may create.
+const MAX_TABLES: usize = 8;
+/// Table elements all tables of a store may hold together (a pointer each: 800 KB).
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// Caps what a store's instances may allocate, summed over the whole store: a component
+/// may instantiate many core modules, each with several memories (multi-memory), and a cap
+/// per memory would let it have that many times the cap.
+///
+/// Memories and tables never shrink and live as long as the store, so the running totals
+/// are the sums of their current sizes.
+struct StoreLimiter {
+    /// Bytes all linear memories may hold together.
+    memory_cap: usize,
+    /// Bytes they hold now.
+    memory: usize,
+    /// Elements all tables hold now.
+    table_elements: usize,
+    /// The memory cap was hit (the next failure says so).
     exceeded: bool,
 }
 
-impl ResourceLimiter for MemoryLimiter {
+impl StoreLimiter {
+    fn new(memory_cap: usize) -> Self {
+        Self {
+            memory_cap,
+            memory: 0,
+            table_elements: 0,
+            exceeded: false,
+        }
+    }
+}
+
+impl ResourceLimiter for StoreLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.cap {
+        // A growth past the memory's own maximum fails after this call without growing
+        // anything; counting it would leak budget.
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        let total = self.memory.saturating_add(desired.saturating_sub(current));
+        if total > self.memory_cap {
             self.exceeded = true;
             wasmtime::bail!("memory limit reached")
         }
+        // Counted before the growth happens; an OS failure to grow afterwards (rare) keeps
+        // it counted: never less than what the plugin holds. (`memory_grow_failed` cannot
+        // tell which growth failed, so it must not give budget back.)
+        self.memory = total;
         Ok(true)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        let total = self
+            .table_elements
+            .saturating_add(desired.saturating_sub(current));
+        if total > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        self.table_elements = total;
+        Ok(true)
     }
 
-    // Components built by componentize-py need dozens of core instances.
     fn instances(&self) -> usize {
-        128
+        MAX_INSTANCES
     }
 
     fn tables(&self) -> usize {
-        128
+        MAX_TABLES
     }
 
     fn memories(&self) -> usize {
-        128
+        MAX_MEMORIES
     }
 }
 
@@ -193,10 +252,7 @@ impl Sandbox {
             // Deny-all: no preopens, env, args or network; stdio discarded.
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter {
-                cap,
-                exceeded: false,
-            },
+            limiter: StoreLimiter::new(cap),
             host: self.host.for_instance(&self.plugin.label, self.grants),
             ticks: 0,
             tick_budget: budget_ticks(limits.cpu),
@@ -233,8 +289,10 @@ impl Sandbox {
         };
         let outcome = tokio::time::timeout(limits.timeout, setup).await;
         match settle(&mut store, limits, outcome) {
-            Ok((exports, info, Ok(()))) => Ok((Live { store, exports }, info)),
-            Ok((_, _, Err(message))) => Err(Failure::Rejected(message)),
+            Ok((exports, info, Ok(()))) => {
+                Ok((Live { store, exports }, convert::plugin_info(info)))
+            }
+            Ok((_, _, Err(message))) => Err(Failure::Rejected(convert::plugin_text(message))),
             Err(reason) => Err(Failure::Broken(reason)),
         }
     }
@@ -366,6 +424,57 @@ fn settle<R>(
             "trapped: unreachable instruction (a panic or abort in the plugin)".to_owned()
         }
         Some(trap) => format!("trapped: {trap}"),
-        None => format!("failed: {err:#}"),
+        // The message may quote the plugin (its function names in a backtrace, an error it
+        // raised): bounded and escaped like anything else it says.
+        None => text::bounded(&format!("failed: {err:#}"), text::MAX_TEXT),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn the_memory_cap_is_shared_by_every_memory_of_the_store() {
+        let mut limiter = StoreLimiter::new(4 * MIB);
+        // Three memories created at 1 MiB each: 3 MiB of 4.
+        for _ in 0..3 {
+            assert!(limiter.memory_growing(0, MIB, None).expect("fits"));
+        }
+        // Growing one by 1 MiB fits exactly; any further growth of any memory does not.
+        assert!(limiter.memory_growing(MIB, 2 * MIB, None).expect("fits"));
+        assert!(limiter.memory_growing(MIB, MIB + 65536, None).is_err());
+        assert!(limiter.exceeded);
+        assert_eq!(limiter.memory, 4 * MIB);
+    }
+
+    #[test]
+    fn growth_past_a_memorys_own_maximum_costs_nothing() {
+        let mut limiter = StoreLimiter::new(4 * MIB);
+        assert!(
+            !limiter
+                .memory_growing(0, 3 * MIB, Some(MIB))
+                .expect("refused")
+        );
+        assert_eq!(limiter.memory, 0);
+        assert!(limiter.memory_growing(0, 4 * MIB, None).expect("fits"));
+    }
+
+    #[test]
+    fn table_elements_are_capped_for_the_store() {
+        let mut limiter = StoreLimiter::new(MIB);
+        assert!(
+            limiter
+                .table_growing(0, MAX_TABLE_ELEMENTS / 2, None)
+                .expect("ok")
+        );
+        assert!(
+            limiter
+                .table_growing(0, MAX_TABLE_ELEMENTS / 2, None)
+                .expect("ok")
+        );
+        assert!(!limiter.table_growing(0, 1, None).expect("ok"));
+    }
 }

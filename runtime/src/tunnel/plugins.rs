@@ -99,12 +99,16 @@ async fn probe_loop(check: Arc<HealthCheck>, side: Arc<TunnelSide>) {
             TunnelState::Forwarding => {}
             _ => continue,
         }
+        // The failure that quarantined it was reported; a skipped run says nothing new.
+        if check.plugin.quarantined() {
+            continue;
+        }
         let started = Instant::now();
         let outcome = match check.plugin.check(consecutive).await {
             Ok(outcome) => outcome,
             Err(failure) => {
                 // The plugin's failure is no verdict on the tunnel.
-                tracing::warn!(tunnel = %side.name, error = %failure, "health check failed to run");
+                check.plugin.log_failure(&failure);
                 side.emit(EventKind::PluginFailed {
                     plugin: failure.plugin,
                     role: Role::HealthCheck,
@@ -164,15 +168,26 @@ async fn hook_loop(
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
-        // A hook is not told about its own failures: that could feed on itself.
-        if let EventKind::PluginFailed { plugin, .. } = &event.kind
-            && plugin == hook.label()
+        // Hooks are not told about hook failures, their own or another's: two failing
+        // hooks would otherwise fail on each other's reports forever.
+        if let EventKind::PluginFailed {
+            role: Role::EventHook,
+            ..
+        } = &event.kind
         {
             continue;
         }
         let last = event.kind == EventKind::Stopped;
+        // A quarantined hook misses the event silently: the failure that quarantined it was
+        // reported, and a report per skipped event would be a flood of its own.
+        if hook.quarantined() {
+            if last {
+                return;
+            }
+            continue;
+        }
         if let Err(failure) = hook.on_event(&event).await {
-            tracing::warn!(tunnel = %side.name, error = %failure, "event hook failed");
+            hook.log_failure(&failure);
             side.emit(EventKind::PluginFailed {
                 plugin: failure.plugin,
                 role: Role::EventHook,

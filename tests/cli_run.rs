@@ -458,3 +458,45 @@ async fn run_at_trace_level_logs_no_token_credential_or_signature() {
         assert!(leaked.is_empty(), "{secret} in the log: {leaked:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_reader_that_stops_reading_does_not_stall_the_tunnel() {
+    let emulator = emulator(|_| {}).await;
+    let echo = echo_server().await;
+    let files = AwsFiles::new("AKIDSTUCK");
+    let port = free_port();
+    let policy = files.dir.path().join("tunnels.toml");
+    std::fs::write(&policy, echo_tunnel(&emulator.endpoint_url(), echo, port)).expect("policy");
+    // stderr is a pipe nobody reads: at trace level it is full within moments.
+    let mut child = ssm_tether()
+        .arg("run")
+        .arg(&policy)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let local = format!("127.0.0.1:{port}").parse().expect("addr");
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(local).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let moved = tokio::time::timeout(
+        Duration::from_secs(30),
+        support::echo_through(local, 10, 2_000_000),
+    )
+    .await;
+    let (sent, received) = moved.expect("bytes still flow while the log is stuck");
+    assert_eq!(sent, received);
+    signal(&child, "TERM");
+    // Let it write what it can now, so that it can end.
+    let stderr = child.stderr.take().expect("piped");
+    std::thread::spawn(move || std::io::copy(&mut { stderr }, &mut std::io::sink()));
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("waits");
+    assert_eq!(status.code(), Some(0));
+}

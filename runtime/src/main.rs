@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     } else {
         cli::run(cli::Cli::parse())
     };
+    cli::flush_logs();
     match result {
         Ok(code) => code,
         Err(err) => {

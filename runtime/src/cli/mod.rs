@@ -142,8 +142,15 @@ pub(crate) fn init_logging_with(default: &str) {
         Targets::new().with_default(LevelFilter::TRACE),
         |targets, target| targets.with_target(*target, LevelFilter::DEBUG),
     );
+    // Written by a thread of its own through a bounded queue that drops lines when full: a
+    // log reader that stops reading (a paused pager, a stuck pipe) must never stall tunnels.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("ssm-tether-log")
+        .finish(std::io::stderr());
     let layer = fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         // Colour codes only for a person at a terminal, not into a log file or ssh's stderr.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // Its default reports a failed write with `eprintln!`, which panics when stderr is a
@@ -152,7 +159,32 @@ pub(crate) fn init_logging_with(default: &str) {
         .with_filter(filter)
         .with_filter(secrets);
     // A second initialisation (tests) is harmless.
-    let _ = tracing_subscriber::registry().with(layer).try_init();
+    if tracing_subscriber::registry()
+        .with(layer)
+        .try_init()
+        .is_ok()
+    {
+        *log_guard() = Some(guard);
+    }
+}
+
+/// Lines the log queue holds before it drops new ones (each line is bounded: plugin text is
+/// cut at 4 KiB, everything else is ours).
+const LOG_QUEUE_LINES: usize = 10_000;
+
+fn log_guard() -> std::sync::MutexGuard<'static, Option<tracing_appender::non_blocking::WorkerGuard>>
+{
+    static GUARD: std::sync::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> =
+        std::sync::Mutex::new(None);
+    GUARD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Writes out what the log queue still holds (waiting at most about a second, the
+/// appender's own bound); call before the process exits.
+pub(crate) fn flush_logs() {
+    drop(log_guard().take());
 }
 
 /// Crates whose `trace` output carries tokens, credentials or signed URLs.

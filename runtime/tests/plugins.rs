@@ -770,3 +770,36 @@ async fn a_policy_is_told_which_session_a_decision_is_about() {
         }
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_reconnect_policy_is_skipped_without_a_failure_per_decision() {
+    let rig = rig_with(reconnect(fixture("hostile-policy"), r#"{"mode":"panic"}"#)).await;
+    forwarding(&rig).await;
+    let mut events = rig.tunnel.subscribe();
+    let failures = std::cell::Cell::new(0);
+    // Ten planned closes: three failures quarantine the plugin; the seven decisions after
+    // that are the built-in policy's, without a failure event each.
+    for _ in 0..10 {
+        rig.emulator
+            .faults()
+            .recycle(None, SideSelection::Client)
+            .await
+            .expect("recycle");
+        wait_event(&mut events, LIMIT, "resume", |k| {
+            if matches!(k, EventKind::PluginFailed { .. }) {
+                failures.set(failures.get() + 1);
+            }
+            matches!(k, EventKind::Resumed { .. })
+        })
+        .await;
+        // The service registers the new socket a moment after the client sees it open.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    bytes_flow(&rig, 3).await;
+    rig.tunnel.shutdown().await.expect("shutdown");
+    let failures = failures.get();
+    assert_eq!(
+        failures, 3,
+        "failure events for a plugin quarantined after three"
+    );
+}

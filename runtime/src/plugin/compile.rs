@@ -191,9 +191,10 @@ pub(super) fn compile(
 }
 
 fn compile_error(label: &str, detail: String) -> LoadError {
+    // The compiler quotes names from the component: plugin text, bounded and escaped.
     LoadError::Compile {
         plugin: label.to_owned(),
-        detail,
+        detail: super::text::bounded_owned(detail, super::text::MAX_TEXT),
     }
 }
 

@@ -15,6 +15,7 @@ use super::cache::{self, ComponentCache};
 use super::compile::{self, CompileOptions};
 use super::error::LoadError;
 use super::sandbox::StoreState;
+use super::text;
 use crate::builtin;
 use crate::policy::{PluginSource, Role};
 
@@ -148,11 +149,11 @@ impl PluginEngine {
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link {
                 plugin: label.clone(),
-                detail: format!("{e:#}"),
+                detail: text::bounded(&format!("{e:#}"), text::MAX_TEXT),
             })?;
         let link = |e: wasmtime::Error| LoadError::Link {
             plugin: label.clone(),
-            detail: format!("{e:#}"),
+            detail: text::bounded(&format!("{e:#}"), text::MAX_TEXT),
         };
         let plugin_exports = plugin::GuestIndices::new(&pre).map_err(link)?;
         let role_exports = match world {
@@ -222,7 +223,7 @@ impl PluginEngine {
         }
         cache::deserialize(engine, &artifact).map_err(|e| LoadError::Compile {
             plugin: label.to_owned(),
-            detail: format!("{e:#}"),
+            detail: text::bounded(&format!("{e:#}"), text::MAX_TEXT),
         })
     }
 }
@@ -316,14 +317,18 @@ pub(crate) enum RoleIndices {
 pub(super) const MAX_PLUGIN_BYTES: u64 = 64 << 20;
 
 async fn read_bounded(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    let size = tokio::fs::metadata(path).await?.len();
-    if size > MAX_PLUGIN_BYTES {
-        return Err(std::io::Error::other(format!(
-            "{size} bytes is larger than the {} MiB a plugin may have",
-            MAX_PLUGIN_BYTES >> 20
-        )));
-    }
-    tokio::fs::read(path).await
+    let path = path.to_owned();
+    let read = tokio::task::spawn_blocking(move || {
+        crate::trusted_file::read(&path, MAX_PLUGIN_BYTES).map_err(|err| match err {
+            crate::trusted_file::ReadError::Io(err) => err,
+            crate::trusted_file::ReadError::TooLarge { .. } => std::io::Error::other(format!(
+                "larger than the {} MiB a plugin may have",
+                MAX_PLUGIN_BYTES >> 20
+            )),
+            other => std::io::Error::other(other.to_string()),
+        })
+    });
+    read.await.map_err(std::io::Error::other)?
 }
 
 /// Recognises a component before handing it to Cranelift, for a message that says what the
@@ -381,7 +386,7 @@ fn detect_world(
                 found: if version.is_empty() {
                     "(unversioned)".to_owned()
                 } else {
-                    version.to_owned()
+                    text::bounded(version, text::MAX_NAME)
                 },
                 supported: PACKAGE_VERSION,
             });
@@ -390,10 +395,11 @@ fn detect_world(
     }
     found.ok_or_else(|| LoadError::NoWorld {
         plugin: label.to_owned(),
+        // Export names come from the component: bounded and escaped like any plugin text.
         exports: if exports.is_empty() {
             "nothing".to_owned()
         } else {
-            exports.join(", ")
+            text::bounded(&exports.join(", "), text::MAX_TEXT)
         },
     })
 }

@@ -348,7 +348,14 @@ impl<A: SessionApi> Shell<A> {
                 }
             }
             Action::Decide { op, context } => {
-                let plugin = self.plugins.borrow().reconnect.clone();
+                // A quarantined plugin would refuse at once: the built-in policy decides
+                // without a failure event for each decision (its quarantine was reported).
+                let plugin = self
+                    .plugins
+                    .borrow()
+                    .reconnect
+                    .clone()
+                    .filter(|plugin| !plugin.quarantined());
                 match plugin {
                     Some(plugin) => {
                         let tx = self.control_tx.clone();

@@ -13,6 +13,10 @@
 //! | `GET /events` | the event log as JSON lines (`?since_ms=T` for newer records only) |
 //! | `GET /counters` | counters as one JSON object |
 //! | `GET /sessions` | sessions as a JSON array |
+//! | `GET /instances` | the fake managed nodes as a JSON array |
+//! | `POST /faults/replace-instance?id=ID` | a new node with ID's tags comes online, ID goes `ConnectionLost`; answers `{"old": ID, "new": NEW}` |
+//! | `POST /faults/ping-status?id=ID&status=Online\|ConnectionLost\|Inactive` | set a node's ping status |
+//! | `POST /faults/api-fail?code=CODE&count=N&operation=OP` | fail the next N calls of OP (default: any) with CODE: `access-denied`, `expired-token`, `throttling`, `invalid-document`, `target-not-connected`, `unrecognized-client`, `internal` |
 //!
 //! Without `session`, a fault applies to every active session.
 
@@ -48,6 +52,10 @@ pub(crate) fn router(faults: FaultControl, events: EventLog) -> Router {
         .route("/events", get(event_lines))
         .route("/counters", get(counters))
         .route("/sessions", get(sessions))
+        .route("/instances", get(instances))
+        .route("/faults/replace-instance", post(replace_instance))
+        .route("/faults/ping-status", post(ping_status))
+        .route("/faults/api-fail", post(api_fail))
         .with_state(Admin { faults, events })
 }
 
@@ -218,4 +226,53 @@ async fn counters(State(admin): State<Admin>) -> Response {
 
 async fn sessions(State(admin): State<Admin>) -> Response {
     axum::Json(admin.faults.sessions()).into_response()
+}
+
+async fn instances(State(admin): State<Admin>) -> Response {
+    axum::Json(admin.faults.instances()).into_response()
+}
+
+async fn replace_instance(State(admin): State<Admin>, Query(params): Params) -> Response {
+    let Some(id) = params.get("id") else {
+        return bad_request("give id=INSTANCE_ID");
+    };
+    match admin.faults.replace_instance(id) {
+        Ok(new) => axum::Json(json!({"old": id, "new": new})).into_response(),
+        Err(err) => (StatusCode::NOT_FOUND, axum::Json(json!({"error": err}))).into_response(),
+    }
+}
+
+async fn ping_status(State(admin): State<Admin>, Query(params): Params) -> Response {
+    let status = match params.get("status").map(String::as_str) {
+        Some("Online") => crate::instances::PingStatus::Online,
+        Some("ConnectionLost") => crate::instances::PingStatus::ConnectionLost,
+        Some("Inactive") => crate::instances::PingStatus::Inactive,
+        _ => return bad_request("status must be Online, ConnectionLost or Inactive"),
+    };
+    let Some(id) = params.get("id") else {
+        return bad_request("give id=INSTANCE_ID");
+    };
+    match admin.faults.set_ping_status(id, status) {
+        Ok(()) => axum::Json(json!({"id": id, "status": status.as_str()})).into_response(),
+        Err(err) => (StatusCode::NOT_FOUND, axum::Json(json!({"error": err}))).into_response(),
+    }
+}
+
+async fn api_fail(State(admin): State<Admin>, Query(params): Params) -> Response {
+    let code = match params
+        .get("code")
+        .map(|c| c.parse::<crate::api_faults::ApiFailCode>())
+    {
+        Some(Ok(code)) => code,
+        Some(Err(err)) => return bad_request(format!("code: {err}")),
+        None => return bad_request("give code=CODE"),
+    };
+    let count = match params.get("count").map(|c| c.parse::<u32>()) {
+        None => 1,
+        Some(Ok(count)) => count,
+        Some(Err(err)) => return bad_request(format!("count: {err}")),
+    };
+    let operation = params.get("operation").map(String::as_str);
+    admin.faults.fail_api(operation, code, count);
+    axum::Json(json!({"armed": admin.faults.armed_api_failures()})).into_response()
 }

@@ -1,5 +1,6 @@
-//! The SSM JSON-1.1 API (`POST /`, routed by `X-Amz-Target`) and MGS's CreateDataChannel
-//! (`POST /v1/data-channel/{id}`), docs/protocol.md §4.1 and §8.1.
+//! The SSM JSON-1.1 API (`POST /`, routed by `X-Amz-Target`; `TrentService.*` targets go to
+//! the fake KMS in [`crate::kms`]) and MGS's CreateDataChannel (`POST /v1/data-channel/{id}`),
+//! docs/protocol.md §4.1 and §8.1.
 //!
 //! Any SigV4 `Authorization` header is accepted (signatures are not checked); its access key
 //! id is recorded in the event log and drives the credential-expiry fault.
@@ -56,6 +57,9 @@ pub(crate) async fn ssm(
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    if let Some(operation) = target.strip_prefix(crate::kms::TARGET_PREFIX) {
+        return crate::kms::handle(&service, operation, access_key_id.as_deref(), &body);
+    }
     let operation = target
         .strip_prefix("AmazonSSM.")
         .unwrap_or(target)
@@ -108,6 +112,13 @@ async fn dispatch(
     access_key_id: Option<&str>,
     body: &[u8],
 ) -> ApiResult {
+    if let Some(answer) = crate::api_ext::intercept(service, operation, access_key_id, body) {
+        return answer.map_err(|f| ApiError {
+            status: f.status,
+            code: f.code,
+            message: f.message,
+        });
+    }
     if !matches!(
         operation,
         "StartSession" | "ResumeSession" | "TerminateSession"

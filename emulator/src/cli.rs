@@ -14,7 +14,7 @@ use serde::Deserialize;
 use crate::config::{AgentSettings, EmulatorConfig};
 use crate::documents::{SessionDocument, is_host};
 use crate::events::EventLog;
-use crate::faults::{FaultSettings, ResumeFailCode, SideSelection};
+use crate::faults::{FaultSettings, KmsDeny, ResumeFailCode, SideSelection};
 use crate::server::Emulator;
 
 /// Run a local SSM Session Manager service (SSM API + MGS data channel) and agent model, with
@@ -31,17 +31,21 @@ pub struct EmulatorArgs {
     /// Seed of the RNG behind every random choice, for reproducible runs [default: 0].
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
-    /// JSON scenario file: {"seed": N, "agent": {...}, "documents": {...}, "faults": {...}}
-    /// (see the README).
+    /// JSON scenario file: {"seed": N, "agent": {...}, "documents": {...}, "faults": {...},
+    /// "instances": [...]} (see the README).
     #[arg(long, value_name = "FILE")]
     pub scenario: Option<PathBuf>,
-    /// A custom Port session document (SSM document JSON content) StartSession accepts as
-    /// NAME; repeatable. Replaces a scenario document of the same name.
+    /// A custom session document (SSM document JSON content: Port, Standard_Stream,
+    /// InteractiveCommands or NonInteractiveCommands) StartSession accepts as NAME; repeatable. Replaces a scenario document of the same name.
     #[arg(long = "document", value_name = "NAME=FILE", value_parser = parse_document_flag)]
     pub documents: Vec<DocumentFlag>,
     /// Write every event as a JSON line to FILE, or to standard output with `-`.
     #[arg(long, value_name = "FILE|-")]
     pub event_log: Option<String>,
+    /// A fake managed node, online, for DescribeInstanceInformation and StartSession; with any
+    /// configured, only online ones are connected targets; repeatable. Adds to the scenario's.
+    #[arg(long = "instance", value_name = "ID[:KEY=VALUE,…]", value_parser = crate::instances::InstanceSettings::parse_flag)]
+    pub instances: Vec<crate::instances::InstanceSettings>,
 
     /// Agent sleep after every message it sends (the real agent: 1ms; 0 for speed) [default: 1ms].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -72,6 +76,29 @@ pub struct EmulatorArgs {
     /// Host the agent dials when the document properties name none [default: 127.0.0.1].
     #[arg(long, value_name = "HOST", value_parser = parse_host)]
     pub agent_default_host: Option<String>,
+    /// Shell of Standard_Stream sessions and of `sh -c` for InteractiveCommands
+    /// [default: /bin/sh].
+    #[arg(long, value_name = "PATH")]
+    pub shell: Option<String>,
+    /// How long a pty session waits before its first read (the agent's 1s) [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub shell_first_read_delay: Option<Duration>,
+    /// Handshake for Standard_Stream and InteractiveCommands sessions even without KMS (the
+    /// real agent does not).
+    #[arg(long)]
+    pub force_handshake: bool,
+    /// Encrypt shell sessions with KMS (session preference kmsKeyId) under
+    /// `alias/ssm-emulator`, or the key of --kms-key-id.
+    #[arg(long)]
+    pub kms: bool,
+    /// Encrypt shell sessions with KMS under this key id, key ARN, alias or alias ARN
+    /// (implies --kms).
+    #[arg(long, value_name = "KEY")]
+    pub kms_key_id: Option<String>,
+    /// The agent's Kms.RequireKMSChallengeResponse: fail clients that do not acknowledge the
+    /// random challenge.
+    #[arg(long)]
+    pub require_kms_challenge_response: bool,
 
     /// Close data-channel sockets with 1000 "Bye" this often (per session) [default: never].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -144,6 +171,10 @@ pub struct EmulatorArgs {
     /// Agents refuse connections to their destination (ConnectToPortError in mux mode).
     #[arg(long)]
     pub refuse_destination: bool,
+    /// Fake-KMS calls refused with AccessDeniedException: off, generate-data-key (the
+    /// client's), decrypt (the agent's) or all [default: off].
+    #[arg(long, value_name = "CALLS")]
+    pub kms_deny: Option<KmsDeny>,
 }
 
 /// A `--document NAME=FILE` value.
@@ -209,6 +240,8 @@ struct Scenario {
     /// Name → document content, validated after parsing so errors name the document.
     documents: BTreeMap<String, serde_json::Value>,
     faults: Option<FaultSettings>,
+    /// Fake managed nodes.
+    instances: Vec<crate::instances::InstanceSettings>,
 }
 
 impl EmulatorArgs {
@@ -248,6 +281,15 @@ impl EmulatorArgs {
         };
         for document in documents.into_values() {
             config.documents.add(document)?;
+        }
+        config.instances = scenario.instances;
+        config.instances.extend(self.instances.iter().cloned());
+        if let Some(bad) = config
+            .instances
+            .iter()
+            .find(|i| !crate::instances::is_instance_id(&i.id))
+        {
+            anyhow::bail!("--scenario: instance id {:?} is not i-… or mi-…", bad.id);
         }
         self.apply(&mut config);
         // Only the scenario file can get here with a bad host: the flag is checked when parsed.
@@ -319,6 +361,18 @@ impl EmulatorArgs {
             &self.smux_keepalive_timeout,
         );
         set(&mut agent.default_host, &self.agent_default_host);
+        set(&mut agent.shell, &self.shell);
+        set(
+            &mut agent.shell_first_read_delay,
+            &self.shell_first_read_delay,
+        );
+        agent.force_handshake |= self.force_handshake;
+        if let Some(key) = &self.kms_key_id {
+            agent.kms_key_id = Some(key.clone());
+        } else if self.kms && agent.kms_key_id.is_none() {
+            agent.kms_key_id = Some(crate::kms::DEFAULT_KEY_ID.to_owned());
+        }
+        agent.require_kms_challenge_response |= self.require_kms_challenge_response;
         let faults = &mut config.faults;
         if self.recycle_every.is_some() {
             faults.recycle_every = self.recycle_every;
@@ -365,6 +419,7 @@ impl EmulatorArgs {
             faults.max_session_duration = self.max_session_duration;
         }
         faults.refuse_destination |= self.refuse_destination;
+        set(&mut faults.kms_deny, &self.kms_deny);
     }
 }
 
@@ -563,11 +618,10 @@ mod tests {
         let err = parse(&["--document", &flag])
             .expect("parses")
             .to_config()
-            .expect_err("not a Port document");
+            .expect_err("a shell document with Port properties");
         let text = format!("{err:#}");
         assert!(
-            text.contains(&format!("--document {flag}"))
-                && text.contains("only Port session documents"),
+            text.contains(&format!("--document {flag}")) && text.contains("no properties"),
             "{text}"
         );
 
@@ -608,6 +662,50 @@ mod tests {
     }
 
     #[test]
+    fn shell_and_kms_flags_fill_the_agent_settings() {
+        let defaults = parse(&[]).expect("no flags").to_config().expect("config");
+        assert_eq!(defaults.agent.shell, "/bin/sh");
+        assert_eq!(
+            defaults.agent.shell_first_read_delay,
+            Duration::from_secs(1)
+        );
+        assert_eq!(defaults.agent.kms_key_id, None);
+        assert_eq!(defaults.faults.kms_deny, KmsDeny::Off);
+        let config = parse(&[
+            "--shell",
+            "/bin/bash",
+            "--shell-first-read-delay",
+            "50ms",
+            "--force-handshake",
+            "--kms",
+            "--require-kms-challenge-response",
+            "--kms-deny",
+            "generate-data-key",
+        ])
+        .expect("parses")
+        .to_config()
+        .expect("config");
+        assert_eq!(config.agent.shell, "/bin/bash");
+        assert_eq!(
+            config.agent.shell_first_read_delay,
+            Duration::from_millis(50)
+        );
+        assert!(config.agent.force_handshake && config.agent.require_kms_challenge_response);
+        assert_eq!(
+            config.agent.kms_key_id.as_deref(),
+            Some(crate::kms::DEFAULT_KEY_ID)
+        );
+        assert_eq!(config.faults.kms_deny, KmsDeny::GenerateDataKey);
+        let keyed = parse(&["--kms-key-id", "alias/team"])
+            .expect("parses")
+            .to_config()
+            .expect("config");
+        assert_eq!(keyed.agent.kms_key_id.as_deref(), Some("alias/team"));
+        let err = parse(&["--kms-deny", "sometimes"]).expect_err("error");
+        assert!(err.to_string().contains("--kms-deny"), "{err}");
+    }
+
+    #[test]
     fn bad_values_name_the_flag() {
         let err = parse(&["--recycle-every", "soon"]).expect_err("error");
         assert!(err.to_string().contains("--recycle-every"), "{err}");
@@ -619,5 +717,42 @@ mod tests {
         assert_eq!(defaults.agent.pacing, Duration::from_millis(1));
         assert_eq!(defaults.agent.version, "3.3.987.0");
         assert_eq!(defaults.faults, FaultSettings::default());
+    }
+
+    #[test]
+    fn instances_come_from_the_scenario_and_the_flag() {
+        let dir = temp_dir("instances");
+        let scenario = dir.join("scenario.json");
+        std::fs::write(
+            &scenario,
+            r#"{"instances": [{"id": "i-0aaa", "tags": {"Name": "bastion"}},
+                              {"id": "mi-0bbb", "ping_status": "ConnectionLost"}]}"#,
+        )
+        .expect("write");
+        let config = parse(&[
+            "--scenario",
+            scenario.to_str().expect("utf8"),
+            "--instance",
+            "i-0ccc:Name=web,Env=prod",
+        ])
+        .expect("parses")
+        .to_config()
+        .expect("config");
+        let ids: Vec<&str> = config.instances.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["i-0aaa", "mi-0bbb", "i-0ccc"]);
+        assert_eq!(
+            config.instances[1].ping_status,
+            crate::instances::PingStatus::ConnectionLost
+        );
+        assert_eq!(config.instances[2].tags.len(), 2);
+        let err = parse(&["--instance", "bastion"]).expect_err("not an id");
+        assert!(err.to_string().contains("--instance"), "{err}");
+        std::fs::write(&scenario, r#"{"instances": [{"id": "web-1"}]}"#).expect("write");
+        let err = parse(&["--scenario", scenario.to_str().expect("utf8")])
+            .expect("parses")
+            .to_config()
+            .expect_err("not an id");
+        assert!(format!("{err:#}").contains("web-1"), "{err:#}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -33,6 +33,9 @@ pub struct EmulatorConfig {
     pub faults: FaultSettings,
     /// Where events go; pass an [`EventLog`] created with a writer to get JSON lines.
     pub events: EventLog,
+    /// Fake managed nodes for DescribeInstanceInformation and StartSession's target check;
+    /// empty: every `i-…`/`mi-…` id is a connected target ([`crate::instances`]).
+    pub instances: Vec<crate::instances::InstanceSettings>,
 }
 
 impl Default for EmulatorConfig {
@@ -46,6 +49,7 @@ impl Default for EmulatorConfig {
             documents: Documents::default(),
             faults: FaultSettings::default(),
             events: EventLog::default(),
+            instances: Vec::new(),
         }
     }
 }
@@ -60,11 +64,12 @@ impl std::fmt::Debug for EmulatorConfig {
             .field("agent", &self.agent)
             .field("documents", &self.documents)
             .field("faults", &self.faults)
+            .field("instances", &self.instances)
             .finish_non_exhaustive()
     }
 }
 
-/// The agent model's knobs (docs/protocol.md §5, §6, §10).
+/// The agent model's knobs (docs/protocol.md §5, §6, §10; PROTOCOL-SESSIONS.md §1, §3, §4).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentSettings {
@@ -95,6 +100,23 @@ pub struct AgentSettings {
     /// The host the agent dials when the document properties name none (no `host`, or an
     /// empty one), standing in for the real agent's local system.
     pub default_host: String,
+    /// The shell of `Standard_Stream` sessions and the `sh` of `sh -c <command>` for
+    /// `InteractiveCommands` (the agent runs `sh` from its PATH).
+    pub shell: String,
+    /// How long a pty session waits before its first read of the pty (the agent's 1 s wait
+    /// for the shell profile); tests set it low.
+    #[serde(with = "duration_text")]
+    pub shell_first_read_delay: Duration,
+    /// Perform the handshake for `Standard_Stream` and `InteractiveCommands` sessions too
+    /// (the real agent does only with KMS), to exercise a client's handshake path.
+    pub force_handshake: bool,
+    /// The account's session preference `kmsKeyId`: shell sessions are KMS-encrypted under
+    /// this key (a key id, key ARN, alias or alias ARN); `None` leaves them unencrypted. A
+    /// shell document's own `inputs.kmsKeyId` wins over it.
+    pub kms_key_id: Option<String>,
+    /// The agent's `Kms.RequireKMSChallengeResponse`: fail clients that do not acknowledge
+    /// the random challenge (the official plugin never does).
+    pub require_kms_challenge_response: bool,
 }
 
 impl Default for AgentSettings {
@@ -109,6 +131,11 @@ impl Default for AgentSettings {
             smux_keepalive_interval: crate::agent::DEFAULT_SMUX_KEEPALIVE_INTERVAL,
             smux_keepalive_timeout: crate::agent::DEFAULT_SMUX_KEEPALIVE_TIMEOUT,
             default_host: crate::agent::DEFAULT_HOST.to_owned(),
+            shell: crate::agent::DEFAULT_SHELL.to_owned(),
+            shell_first_read_delay: crate::agent::DEFAULT_SHELL_FIRST_READ_DELAY,
+            force_handshake: false,
+            kms_key_id: None,
+            require_kms_challenge_response: false,
         }
     }
 }

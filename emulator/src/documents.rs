@@ -1,6 +1,8 @@
-//! Session documents and their parameter substitution (docs/protocol.md §7): the AWS-owned Port
-//! documents (port forwarding and SSH) and custom Port documents written as SSM document JSON
-//! content (what `aws ssm create-document --document-type Session` takes).
+//! Session documents and their parameter substitution (docs/protocol.md §7,
+//! PROTOCOL-SESSIONS.md §5): the AWS-owned documents (port forwarding, SSH, the default shell
+//! `SSM-SessionManagerRunShell`, `AWS-StartInteractiveCommand`,
+//! `AWS-StartNonInteractiveCommand`) and custom documents of all four session types, written as
+//! SSM document JSON content (what `aws ssm create-document --document-type Session` takes).
 //!
 //! The real AWS-owned documents live in the SSM service; the definitions here are the widely
 //! published ones, with their port regexes approximated by numeric range checks. Every document,
@@ -10,13 +12,79 @@
 use std::collections::BTreeMap;
 
 use regex_lite::Regex;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Names with this prefix belong to AWS-owned documents, in the real service as here.
 const AWS_PREFIX: &str = "AWS-";
 
-/// A session document: declared parameters and a `properties` template.
+/// The document StartSession uses when the request names none. It holds the account's
+/// Session Manager preferences, and an account may replace it with its own content (so may a
+/// `--document` or scenario document of this name).
+pub const DEFAULT_SHELL_DOCUMENT: &str = "SSM-SessionManagerRunShell";
+
+/// What kind of session a document starts: its `sessionType`, which names the agent plugin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SessionType {
+    /// `Port`: port forwarding (mux or basic mode, docs/protocol.md §6).
+    Port,
+    /// `Standard_Stream`: an interactive shell (`sh`) on a pty.
+    #[serde(rename = "Standard_Stream")]
+    StandardStream,
+    /// `InteractiveCommands`: `sh -c <command>` on a pty.
+    InteractiveCommands,
+    /// `NonInteractiveCommands`: the command run directly, with pipes and no stdin.
+    NonInteractiveCommands,
+}
+
+impl SessionType {
+    /// The `sessionType` string (also the handshake's `SessionType`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Port => "Port",
+            Self::StandardStream => "Standard_Stream",
+            Self::InteractiveCommands => "InteractiveCommands",
+            Self::NonInteractiveCommands => "NonInteractiveCommands",
+        }
+    }
+
+    /// The session type named `text`, if it is one of the four.
+    pub fn from_name(text: &str) -> Option<Self> {
+        [
+            Self::Port,
+            Self::StandardStream,
+            Self::InteractiveCommands,
+            Self::NonInteractiveCommands,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == text)
+    }
+
+    /// Whether the agent runs a shell plugin (everything but `Port`).
+    pub fn is_shell(self) -> bool {
+        self != Self::Port
+    }
+}
+
+impl std::fmt::Display for SessionType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The session settings a shell document's `inputs` give, after substitution: the subset the
+/// agent model acts on. Every other preference input is accepted and ignored.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SessionInputs {
+    /// `kmsKeyId`: encrypt the session with KMS under this key; `None` when empty or absent.
+    pub kms_key_id: Option<String>,
+    /// `shellProfile.linux`: typed into a `Standard_Stream` shell after it starts; `None`
+    /// when blank or absent.
+    pub shell_profile: Option<String>,
+}
+
+/// A session document: its session type, declared parameters, and `properties` and `inputs`
+/// templates.
 ///
 /// Custom documents are made with [`SessionDocument::parse`] or [`SessionDocument::from_value`],
 /// which validate them completely, so a document in a [`Documents`] registry always resolves
@@ -24,9 +92,23 @@ const AWS_PREFIX: &str = "AWS-";
 #[derive(Debug, Clone)]
 pub struct SessionDocument {
     name: String,
+    session_type: SessionType,
     parameters: Vec<Parameter>,
     /// `properties` with `{{ name }}` placeholders.
-    properties: Vec<(String, String)>,
+    properties: Properties,
+    /// `inputs` (shell documents) with `{{ name }}` placeholders in their strings.
+    inputs: serde_json::Map<String, Value>,
+    /// A built-in document that an account's own document of the same name may replace.
+    replaceable: bool,
+}
+
+/// A `properties` template.
+#[derive(Debug, Clone)]
+enum Properties {
+    /// Port documents: string values (numbers and booleans taken as their JSON text).
+    Flat(Vec<(String, String)>),
+    /// Shell documents: any JSON, with placeholders substituted in every string.
+    Tree(serde_json::Map<String, Value>),
 }
 
 #[derive(Debug, Clone)]
@@ -105,9 +187,9 @@ pub enum DocumentLoadError {
         /// The version found.
         version: String,
     },
-    /// `sessionType` is not `Port`.
+    /// `sessionType` is not one of the four session types.
     #[error(
-        "document {document}: sessionType {session_type:?} is not supported, only Port session documents are emulated"
+        "document {document}: sessionType {session_type:?} is not supported: use Port, Standard_Stream, InteractiveCommands or NonInteractiveCommands"
     )]
     UnsupportedSessionType {
         /// The document.
@@ -139,7 +221,18 @@ pub enum DocumentLoadError {
         /// The regex compiler's message.
         error: String,
     },
-    /// A property value is not a string, number or boolean, or names an undeclared parameter.
+    /// A shell document's `inputs` entry is unknown or of the wrong type, or names an
+    /// undeclared parameter.
+    #[error("document {document}: inputs.{input}: {reason}")]
+    InvalidInput {
+        /// The document.
+        document: String,
+        /// The input (`shellProfile.linux` for a nested one).
+        input: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A property value is of the wrong type or shape, or names an undeclared parameter.
     #[error("document {document}: property {property}: {reason}")]
     InvalidProperty {
         /// The document.
@@ -151,16 +244,22 @@ pub enum DocumentLoadError {
     },
 }
 
-/// A resolved document: its canonical name and the substituted `properties`.
+/// A resolved document: its canonical name, session type and the substituted `properties`
+/// and `inputs`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResolvedDocument {
     /// The document name (an ARN is reduced to its name).
     pub name: String,
-    /// `properties` after substitution, as the agent and the client receive them.
+    /// The document's `sessionType`.
+    pub session_type: SessionType,
+    /// `properties` after substitution, as the agent receives them (Port documents: also the
+    /// client, in the HandshakeRequest; shell sessions send it `null`).
     pub properties: BTreeMap<String, Value>,
+    /// The settings of a shell document's `inputs`.
+    pub inputs: SessionInputs,
 }
 
-/// The documents StartSession can name: the AWS-owned Port documents and any custom ones.
+/// The documents StartSession can name: the AWS-owned documents and any custom ones.
 #[derive(Clone)]
 pub struct Documents {
     by_name: BTreeMap<String, SessionDocument>,
@@ -185,12 +284,19 @@ impl std::fmt::Debug for Documents {
 }
 
 impl Documents {
-    /// Registers a custom document.
+    /// Registers a custom document. A `Standard_Stream` document named
+    /// [`DEFAULT_SHELL_DOCUMENT`] replaces the built-in one, as an account's own preferences
+    /// document does.
     ///
     /// # Errors
-    /// [`DocumentLoadError::Duplicate`] if a document of that name is already registered.
+    /// [`DocumentLoadError::Duplicate`] if a document of that name is already registered (and
+    /// is not the replaceable built-in).
     pub fn add(&mut self, document: SessionDocument) -> Result<(), DocumentLoadError> {
-        if self.by_name.contains_key(&document.name) {
+        if self
+            .by_name
+            .get(&document.name)
+            .is_some_and(|existing| !existing.replaceable)
+        {
             return Err(DocumentLoadError::Duplicate(document.name));
         }
         self.by_name.insert(document.name.clone(), document);
@@ -241,13 +347,14 @@ impl SessionDocument {
         Self::from_value(name, &content)
     }
 
-    /// A custom document from its JSON content: `schemaVersion` `"1.0"`, `sessionType`
-    /// `"Port"`, `parameters` (each with optional `type` `"String"`, `default`,
-    /// `allowedPattern`, `allowedValues`, `description`), `properties` and an optional
-    /// `description`. Any other key is an error.
+    /// A custom document from its JSON content: `schemaVersion` `"1.0"`, `sessionType` (one of
+    /// the four), `parameters` (each with optional `type` `"String"`, `default`,
+    /// `allowedPattern`, `allowedValues`, `description`), `properties` (Port and the two
+    /// command types), `inputs` (the shell types) and an optional `description`. Any other key
+    /// is an error.
     ///
     /// # Errors
-    /// The name is invalid or reserved, or the content is malformed or not a Port document.
+    /// The name is invalid or reserved, or the content is malformed.
     pub fn from_value(name: &str, content: &Value) -> Result<Self, DocumentLoadError> {
         check_name(name)?;
         let malformed = |reason: String| DocumentLoadError::Malformed {
@@ -261,26 +368,65 @@ impl SessionDocument {
                 version: content.schema_version,
             });
         }
-        if content.session_type != "Port" {
-            return Err(DocumentLoadError::UnsupportedSessionType {
+        let session_type = SessionType::from_name(&content.session_type).ok_or_else(|| {
+            DocumentLoadError::UnsupportedSessionType {
                 document: name.to_owned(),
-                session_type: content.session_type,
-            });
+                session_type: content.session_type.clone(),
+            }
+        })?;
+        if name == DEFAULT_SHELL_DOCUMENT && session_type != SessionType::StandardStream {
+            return Err(malformed(format!(
+                "{DEFAULT_SHELL_DOCUMENT} holds the shell preferences: its sessionType must be Standard_Stream"
+            )));
         }
         let parameters = content
             .parameters
             .iter()
             .map(|(parameter, definition)| load_parameter(name, parameter, definition))
             .collect::<Result<Vec<_>, _>>()?;
-        let properties = content
-            .properties
-            .iter()
-            .map(|(property, value)| load_property(name, &parameters, property, value))
-            .collect::<Result<Vec<_>, _>>()?;
+        let properties = match (session_type, content.properties) {
+            (SessionType::Port, None) => {
+                return Err(malformed("missing field `properties`".to_owned()));
+            }
+            (SessionType::Port, Some(properties)) => Properties::Flat(
+                properties
+                    .iter()
+                    .map(|(property, value)| load_property(name, &parameters, property, value))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            (SessionType::StandardStream, None) => Properties::Tree(serde_json::Map::new()),
+            (SessionType::StandardStream, Some(_)) => {
+                return Err(malformed(
+                    "Standard_Stream documents have no properties: the shell is configured by inputs"
+                        .to_owned(),
+                ));
+            }
+            (_, None) => {
+                return Err(malformed(format!(
+                    "{session_type} documents need properties with linux.commands"
+                )));
+            }
+            (_, Some(properties)) => {
+                Properties::Tree(load_shell_properties(name, &parameters, properties)?)
+            }
+        };
+        let inputs = match (session_type, content.inputs) {
+            (_, None) => serde_json::Map::new(),
+            (SessionType::Port, Some(_)) => {
+                return Err(malformed(
+                    "inputs are session preferences of shell documents, not of Port documents"
+                        .to_owned(),
+                ));
+            }
+            (_, Some(inputs)) => load_inputs(name, &parameters, inputs)?,
+        };
         Ok(Self {
             name: name.to_owned(),
+            session_type,
             parameters,
             properties,
+            inputs,
+            replaceable: false,
         })
     }
 
@@ -322,15 +468,46 @@ impl SessionDocument {
             parameter.check(&value)?;
             values.insert(parameter.name.as_str(), value);
         }
-        let properties = self
-            .properties
-            .iter()
-            .map(|(key, template)| (key.clone(), Value::String(substitute(template, &values))))
-            .collect();
+        let properties = match &self.properties {
+            Properties::Flat(templates) => templates
+                .iter()
+                .map(|(key, template)| (key.clone(), Value::String(substitute(template, &values))))
+                .collect(),
+            Properties::Tree(tree) => tree
+                .iter()
+                .map(|(key, value)| (key.clone(), substitute_json(value, &values)))
+                .collect(),
+        };
+        let input = |pointer: &str| {
+            self.inputs_pointer(pointer)
+                .map(|template| substitute(template, &values))
+                .filter(|text| !text.trim().is_empty())
+        };
         Ok(ResolvedDocument {
             name: self.name.clone(),
+            session_type: self.session_type,
             properties,
+            inputs: SessionInputs {
+                kms_key_id: input("/kmsKeyId").map(|key| key.trim().to_owned()),
+                shell_profile: input("/shellProfile/linux"),
+            },
         })
+    }
+
+    /// The document's session type.
+    pub fn session_type(&self) -> SessionType {
+        self.session_type
+    }
+
+    /// The string template at `pointer` (a JSON pointer) in `inputs`.
+    fn inputs_pointer(&self, pointer: &str) -> Option<&str> {
+        let mut parts = pointer.trim_start_matches('/').split('/');
+        let first = parts.next()?;
+        let mut value = self.inputs.get(first)?;
+        for part in parts {
+            value = value.get(part)?;
+        }
+        value.as_str()
     }
 }
 
@@ -393,7 +570,10 @@ struct Content {
     session_type: String,
     #[serde(default)]
     parameters: BTreeMap<String, Value>,
-    properties: serde_json::Map<String, Value>,
+    #[serde(default)]
+    properties: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    inputs: Option<serde_json::Map<String, Value>>,
 }
 
 /// One parameter definition of a custom document; read per parameter so errors can name it.
@@ -522,50 +702,285 @@ fn load_property(
     Ok((name.to_owned(), template))
 }
 
+/// The keys of a shell document's per-platform properties the agent reads, and whether a
+/// value may be a string (`true`) or must be a boolean (`false`); `separateOutputStream` may
+/// be either (the agent converts strings with Go's `strconv.ParseBool`).
+const SHELL_PROPERTY_KEYS: [(&str, ShellValue); 5] = [
+    ("commands", ShellValue::String),
+    ("runAsElevated", ShellValue::Bool),
+    ("separateOutputStream", ShellValue::StringOrBool),
+    ("stdOutSeparatorPrefix", ShellValue::String),
+    ("stdErrSeparatorPrefix", ShellValue::String),
+];
+
+/// The preference inputs a shell document may have. The agent model acts on `kmsKeyId` and
+/// `shellProfile.linux`; the others (logging, RunAs, timeouts) are accepted and ignored.
+const INPUT_KEYS: [(&str, ShellValue); 12] = [
+    ("kmsKeyId", ShellValue::String),
+    ("shellProfile", ShellValue::Profile),
+    ("runAsEnabled", ShellValue::StringOrBool),
+    ("runAsDefaultUser", ShellValue::String),
+    ("idleSessionTimeout", ShellValue::String),
+    ("maxSessionDuration", ShellValue::String),
+    ("s3BucketName", ShellValue::String),
+    ("s3KeyPrefix", ShellValue::String),
+    ("s3EncryptionEnabled", ShellValue::StringOrBool),
+    ("cloudWatchLogGroupName", ShellValue::String),
+    ("cloudWatchEncryptionEnabled", ShellValue::StringOrBool),
+    ("cloudWatchStreamingEnabled", ShellValue::StringOrBool),
+];
+
+/// The JSON type a shell property or input must have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ShellValue {
+    String,
+    Bool,
+    StringOrBool,
+    /// `{"windows": "...", "linux": "..."}`.
+    Profile,
+}
+
+impl ShellValue {
+    fn accepts(self, value: &Value) -> bool {
+        match (self, value) {
+            (Self::String | Self::StringOrBool, Value::String(_)) => true,
+            (Self::Bool | Self::StringOrBool, Value::Bool(_)) => true,
+            (Self::Profile, Value::Object(map)) => map.iter().all(|(key, value)| {
+                matches!(key.as_str(), "windows" | "linux") && value.is_string()
+            }),
+            _ => false,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::String => "a string",
+            Self::Bool => "a boolean",
+            Self::StringOrBool => "a string or a boolean",
+            Self::Profile => "an object with string members windows and linux",
+        }
+    }
+}
+
+/// The first `{{ name }}` in the strings of `value` that names no declared parameter.
+fn undeclared_placeholder<'a>(value: &'a Value, parameters: &[Parameter]) -> Option<&'a str> {
+    match value {
+        Value::String(text) => segments(text)
+            .into_iter()
+            .find_map(|segment| match segment {
+                Segment::Placeholder { name, .. } if !parameters.iter().any(|p| p.name == name) => {
+                    Some(name)
+                }
+                _ => None,
+            }),
+        Value::Array(items) => items
+            .iter()
+            .find_map(|item| undeclared_placeholder(item, parameters)),
+        Value::Object(map) => map
+            .values()
+            .find_map(|item| undeclared_placeholder(item, parameters)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
+    }
+}
+
+/// Checks a shell document's `properties`: per-platform objects (`linux`, `windows`,
+/// `macos`) of the keys the agent reads, with `linux.commands` present (the model is a Linux
+/// agent) and every placeholder declared.
+fn load_shell_properties(
+    document: &str,
+    parameters: &[Parameter],
+    properties: serde_json::Map<String, Value>,
+) -> Result<serde_json::Map<String, Value>, DocumentLoadError> {
+    let invalid = |property: String, reason: String| DocumentLoadError::InvalidProperty {
+        document: document.to_owned(),
+        property,
+        reason,
+    };
+    for (platform, config) in &properties {
+        if !matches!(platform.as_str(), "linux" | "windows" | "macos") {
+            return Err(invalid(
+                platform.clone(),
+                "shell properties are per platform: linux, windows or macos".to_owned(),
+            ));
+        }
+        let Value::Object(config) = config else {
+            return Err(invalid(platform.clone(), "must be an object".to_owned()));
+        };
+        for (key, value) in config {
+            let property = format!("{platform}.{key}");
+            let Some((_, kind)) = SHELL_PROPERTY_KEYS.iter().find(|(k, _)| k == key) else {
+                let known: Vec<&str> = SHELL_PROPERTY_KEYS.iter().map(|(k, _)| *k).collect();
+                return Err(invalid(
+                    property,
+                    format!("unknown key, the agent reads {}", known.join(", ")),
+                ));
+            };
+            if !kind.accepts(value) {
+                return Err(invalid(property, format!("must be {}", kind.describe())));
+            }
+            if let Some(used) = undeclared_placeholder(value, parameters) {
+                return Err(invalid(
+                    property,
+                    format!("{{{{ {used} }}}} is not a declared parameter"),
+                ));
+            }
+        }
+    }
+    let has_commands = properties
+        .get("linux")
+        .and_then(|linux| linux.get("commands"))
+        .is_some();
+    if !has_commands {
+        return Err(invalid(
+            "linux.commands".to_owned(),
+            "missing: the emulated agent runs on Linux and runs this command".to_owned(),
+        ));
+    }
+    Ok(properties)
+}
+
+/// Checks a shell document's `inputs` (session preferences).
+fn load_inputs(
+    document: &str,
+    parameters: &[Parameter],
+    inputs: serde_json::Map<String, Value>,
+) -> Result<serde_json::Map<String, Value>, DocumentLoadError> {
+    let invalid = |input: &str, reason: String| DocumentLoadError::InvalidInput {
+        document: document.to_owned(),
+        input: input.to_owned(),
+        reason,
+    };
+    for (key, value) in &inputs {
+        let Some((_, kind)) = INPUT_KEYS.iter().find(|(k, _)| k == key) else {
+            let known: Vec<&str> = INPUT_KEYS.iter().map(|(k, _)| *k).collect();
+            return Err(invalid(
+                key,
+                format!("unknown input, use one of {}", known.join(", ")),
+            ));
+        };
+        if !kind.accepts(value) {
+            return Err(invalid(key, format!("must be {}", kind.describe())));
+        }
+        if let Some(used) = undeclared_placeholder(value, parameters) {
+            return Err(invalid(
+                key,
+                format!("{{{{ {used} }}}} is not a declared parameter"),
+            ));
+        }
+    }
+    Ok(inputs)
+}
+
 fn builtin_documents() -> Vec<SessionDocument> {
-    let parameter = |name: &str, default: Option<&str>, check| Parameter {
+    let parameter = |name: &str, default: Option<&str>, check: Option<Check>| Parameter {
         name: name.to_owned(),
         default: default.map(str::to_owned),
-        checks: vec![check],
+        checks: check.into_iter().collect(),
     };
     let properties = |pairs: &[(&str, &str)]| {
-        pairs
-            .iter()
-            .map(|(key, template)| ((*key).to_owned(), (*template).to_owned()))
-            .collect()
+        Properties::Flat(
+            pairs
+                .iter()
+                .map(|(key, template)| ((*key).to_owned(), (*template).to_owned()))
+                .collect(),
+        )
     };
-    let port_number = parameter("portNumber", Some("80"), Check::Port { min: 1 });
-    let local_port_number = parameter("localPortNumber", Some("0"), Check::Port { min: 0 });
+    let document = |name: &str, session_type, parameters, properties| SessionDocument {
+        name: name.to_owned(),
+        session_type,
+        parameters,
+        properties,
+        inputs: serde_json::Map::new(),
+        replaceable: false,
+    };
+    // The same shell configuration for every platform, as the AWS-owned documents have it.
+    let per_platform = |config: Value| {
+        Properties::Tree(
+            ["linux", "windows", "macos"]
+                .into_iter()
+                .map(|platform| (platform.to_owned(), config.clone()))
+                .collect(),
+        )
+    };
+    let port_number = parameter("portNumber", Some("80"), Some(Check::Port { min: 1 }));
+    let local_port_number = parameter("localPortNumber", Some("0"), Some(Check::Port { min: 0 }));
+    let true_false = Check::OneOf(vec!["true".to_owned(), "false".to_owned()]);
     vec![
-        SessionDocument {
-            name: "AWS-StartPortForwardingSession".to_owned(),
-            parameters: vec![port_number.clone(), local_port_number.clone()],
-            properties: properties(&[
+        document(
+            "AWS-StartPortForwardingSession",
+            SessionType::Port,
+            vec![port_number.clone(), local_port_number.clone()],
+            properties(&[
                 ("portNumber", "{{ portNumber }}"),
                 ("type", "LocalPortForwarding"),
                 ("localPortNumber", "{{ localPortNumber }}"),
             ]),
-        },
-        SessionDocument {
-            name: "AWS-StartPortForwardingSessionToRemoteHost".to_owned(),
-            parameters: vec![
-                parameter("host", None, Check::Host),
+        ),
+        document(
+            "AWS-StartPortForwardingSessionToRemoteHost",
+            SessionType::Port,
+            vec![
+                parameter("host", None, Some(Check::Host)),
                 port_number,
                 local_port_number,
             ],
-            properties: properties(&[
+            properties(&[
                 ("host", "{{ host }}"),
                 ("portNumber", "{{ portNumber }}"),
                 ("type", "LocalPortForwarding"),
                 ("localPortNumber", "{{ localPortNumber }}"),
             ]),
-        },
+        ),
         // A Port session without `type`: the client forwards it over stdin/stdout.
+        document(
+            "AWS-StartSSHSession",
+            SessionType::Port,
+            vec![parameter(
+                "portNumber",
+                Some("22"),
+                Some(Check::Port { min: 1 }),
+            )],
+            properties(&[("portNumber", "{{ portNumber }}")]),
+        ),
+        // The default shell; its preferences (KMS, profile) come from the emulator's settings
+        // unless an account document of the same name replaces it.
         SessionDocument {
-            name: "AWS-StartSSHSession".to_owned(),
-            parameters: vec![parameter("portNumber", Some("22"), Check::Port { min: 1 })],
-            properties: properties(&[("portNumber", "{{ portNumber }}")]),
+            replaceable: true,
+            ..document(
+                DEFAULT_SHELL_DOCUMENT,
+                SessionType::StandardStream,
+                Vec::new(),
+                Properties::Tree(serde_json::Map::new()),
+            )
         },
+        document(
+            "AWS-StartInteractiveCommand",
+            SessionType::InteractiveCommands,
+            vec![parameter("command", None, None)],
+            per_platform(serde_json::json!({
+                "commands": "{{command}}",
+                "runAsElevated": false
+            })),
+        ),
+        // Parameter names as in the published document content (`stdoutSeparatorPrefix`,
+        // lower-case o); the properties use the agent's field names.
+        document(
+            "AWS-StartNonInteractiveCommand",
+            SessionType::NonInteractiveCommands,
+            vec![
+                parameter("command", None, None),
+                parameter("separateOutputStream", Some("false"), Some(true_false)),
+                parameter("stdoutSeparatorPrefix", Some(""), None),
+                parameter("stderrSeparatorPrefix", Some(""), None),
+            ],
+            per_platform(serde_json::json!({
+                "commands": "{{command}}",
+                "runAsElevated": false,
+                "separateOutputStream": "{{separateOutputStream}}",
+                "stdOutSeparatorPrefix": "{{stdoutSeparatorPrefix}}",
+                "stdErrSeparatorPrefix": "{{stderrSeparatorPrefix}}"
+            })),
+        ),
     ]
 }
 
@@ -600,6 +1015,25 @@ fn segments(template: &str) -> Vec<Segment<'_>> {
         out.push(Segment::Text(rest));
     }
     out
+}
+
+/// [`substitute`] in every string of a JSON value; other values are kept as they are.
+fn substitute_json(template: &Value, values: &BTreeMap<&str, String>) -> Value {
+    match template {
+        Value::String(text) => Value::String(substitute(text, values)),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| substitute_json(item, values))
+                .collect(),
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(key, value)| (key.clone(), substitute_json(value, values)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 /// Replaces `{{ name }}` with the parameter's value; unknown placeholders stay as written.
@@ -786,17 +1220,21 @@ mod tests {
     #[test]
     fn custom_documents_with_bad_content_are_rejected() {
         let mut content = custom_content();
-        content["sessionType"] = json!("Standard_Stream");
+        content["sessionType"] = json!("InteractiveCommand");
         let err = load_error(content);
         assert!(
             matches!(err, DocumentLoadError::UnsupportedSessionType { .. }),
             "{err:?}"
         );
         assert!(
-            err.to_string().contains("My-Doc")
-                && err.to_string().contains("only Port session documents"),
+            err.to_string().contains("My-Doc") && err.to_string().contains("Standard_Stream"),
             "{err}"
         );
+
+        // Port properties in a shell document.
+        let mut content = custom_content();
+        content["sessionType"] = json!("Standard_Stream");
+        assert!(load_error(content).to_string().contains("no properties"));
 
         let mut content = custom_content();
         content["parameters"]["portNumber"]["allowedPattern"] = json!("^(unclosed$");
@@ -904,6 +1342,166 @@ mod tests {
         assert_eq!(
             documents.add(again),
             Err(DocumentLoadError::Duplicate("My-Doc".to_owned()))
+        );
+    }
+
+    #[test]
+    fn builtin_shell_documents_resolve_like_the_aws_owned_ones() {
+        let documents = Documents::default();
+        let shell = documents
+            .resolve(DEFAULT_SHELL_DOCUMENT, &params(&[]))
+            .expect("resolves");
+        assert_eq!(shell.session_type, SessionType::StandardStream);
+        assert!(shell.properties.is_empty());
+        assert_eq!(shell.inputs, SessionInputs::default());
+
+        let interactive = documents
+            .resolve(
+                "AWS-StartInteractiveCommand",
+                &params(&[("command", "top")]),
+            )
+            .expect("resolves");
+        assert_eq!(interactive.session_type, SessionType::InteractiveCommands);
+        assert_eq!(
+            serde_json::to_value(&interactive.properties["linux"]).expect("json"),
+            json!({"commands": "top", "runAsElevated": false})
+        );
+        assert!(matches!(
+            documents.resolve("AWS-StartInteractiveCommand", &params(&[])),
+            Err(DocumentError::MissingParameter(..))
+        ));
+
+        let command = documents
+            .resolve(
+                "AWS-StartNonInteractiveCommand",
+                &params(&[
+                    ("command", "ls -l /"),
+                    ("separateOutputStream", "true"),
+                    ("stdoutSeparatorPrefix", "OUT:"),
+                ]),
+            )
+            .expect("resolves");
+        assert_eq!(command.session_type, SessionType::NonInteractiveCommands);
+        assert_eq!(
+            command.properties["linux"],
+            json!({
+                "commands": "ls -l /",
+                "runAsElevated": false,
+                "separateOutputStream": "true",
+                "stdOutSeparatorPrefix": "OUT:",
+                "stdErrSeparatorPrefix": ""
+            })
+        );
+        assert!(matches!(
+            documents.resolve(
+                "AWS-StartNonInteractiveCommand",
+                &params(&[("command", "ls"), ("separateOutputStream", "yes")])
+            ),
+            Err(DocumentError::BadValue { .. })
+        ));
+    }
+
+    #[test]
+    fn custom_shell_documents_take_inputs_and_per_platform_properties() {
+        let preferences = json!({
+            "schemaVersion": "1.0",
+            "sessionType": "Standard_Stream",
+            "parameters": {"key": {"type": "String", "default": "alias/mine"}},
+            "inputs": {
+                "kmsKeyId": "{{ key }}",
+                "shellProfile": {"linux": "cd /tmp", "windows": ""},
+                "runAsEnabled": false,
+                "idleSessionTimeout": "20",
+                "s3EncryptionEnabled": "false"
+            }
+        });
+        let mut documents = Documents::default();
+        documents
+            .add(SessionDocument::from_value("My-Shell", &preferences).expect("loads"))
+            .expect("adds");
+        let shell = documents
+            .resolve("My-Shell", &params(&[]))
+            .expect("resolves");
+        assert_eq!(shell.session_type, SessionType::StandardStream);
+        assert_eq!(shell.inputs.kms_key_id.as_deref(), Some("alias/mine"));
+        assert_eq!(shell.inputs.shell_profile.as_deref(), Some("cd /tmp"));
+
+        // An account's own preferences document replaces the built-in one, once.
+        documents
+            .add(SessionDocument::from_value(DEFAULT_SHELL_DOCUMENT, &preferences).expect("loads"))
+            .expect("replaces the built-in");
+        let replaced = documents
+            .resolve(DEFAULT_SHELL_DOCUMENT, &params(&[("key", "k-1")]))
+            .expect("resolves");
+        assert_eq!(replaced.inputs.kms_key_id.as_deref(), Some("k-1"));
+        let again =
+            SessionDocument::from_value(DEFAULT_SHELL_DOCUMENT, &preferences).expect("loads");
+        assert!(matches!(
+            documents.add(again),
+            Err(DocumentLoadError::Duplicate(_))
+        ));
+
+        let command = json!({
+            "schemaVersion": "1.0",
+            "sessionType": "NonInteractiveCommands",
+            "parameters": {"path": {"type": "String", "allowedPattern": "^/[a-z/]*$"}},
+            "properties": {"linux": {"commands": "ls {{ path }}", "separateOutputStream": true}}
+        });
+        documents
+            .add(SessionDocument::from_value("My-Ls", &command).expect("loads"))
+            .expect("adds");
+        let ls = documents
+            .resolve("My-Ls", &params(&[("path", "/usr")]))
+            .expect("resolves");
+        assert_eq!(
+            ls.properties["linux"],
+            json!({"commands": "ls /usr", "separateOutputStream": true})
+        );
+    }
+
+    #[test]
+    fn bad_shell_documents_are_rejected() {
+        let error = |content: Value| {
+            SessionDocument::from_value("My-Shell", &content)
+                .expect_err("rejected")
+                .to_string()
+        };
+        let base = json!({"schemaVersion": "1.0", "sessionType": "InteractiveCommands",
+            "properties": {"linux": {"commands": "top"}}});
+        let mut content = base.clone();
+        content["properties"]["linux"]["runAsElevated"] = json!("false");
+        assert!(error(content).contains("linux.runAsElevated"));
+        let mut content = base.clone();
+        content["properties"]["linux"]["command"] = json!("top");
+        assert!(error(content).contains("linux.command"));
+        let mut content = base.clone();
+        content["properties"] = json!({"windows": {"commands": "dir"}});
+        assert!(error(content).contains("linux.commands"));
+        let mut content = base.clone();
+        content["properties"]["solaris"] = json!({});
+        assert!(error(content).contains("solaris"));
+        let mut content = base.clone();
+        content["properties"]["linux"]["commands"] = json!("{{ undeclared }}");
+        assert!(error(content).contains("undeclared"));
+        let mut content = base.clone();
+        content
+            .as_object_mut()
+            .expect("object")
+            .remove("properties");
+        assert!(error(content).contains("properties"));
+        let mut content = base.clone();
+        content["inputs"] = json!({"kmsKeyID": "x"});
+        assert!(error(content).contains("inputs.kmsKeyID"));
+        let mut content = base;
+        content["inputs"] = json!({"shellProfile": "cd /"});
+        assert!(error(content).contains("shellProfile"));
+        let wrong_type = json!({"schemaVersion": "1.0", "sessionType": "Port",
+            "properties": {"portNumber": "22"}});
+        assert!(
+            SessionDocument::from_value(DEFAULT_SHELL_DOCUMENT, &wrong_type)
+                .expect_err("preferences must be a shell")
+                .to_string()
+                .contains("Standard_Stream")
         );
     }
 }

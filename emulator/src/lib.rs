@@ -6,12 +6,15 @@
 //! bug in the runtime cannot cancel itself out in the tests.
 
 pub mod agent;
+pub mod api_faults;
 pub mod cli;
 pub mod config;
 pub mod destination;
 pub mod documents;
 pub mod events;
 pub mod faults;
+pub mod instances;
+pub mod kms;
 pub mod server;
 pub mod sessions;
 pub mod sim;
@@ -19,6 +22,7 @@ pub mod sim;
 mod admin;
 mod agent_link;
 mod api;
+mod api_ext;
 mod relay;
 mod service;
 mod supervisor;

@@ -53,6 +53,18 @@ impl Peer {
     }
 }
 
+/// What a session runs: its document, as resolved at StartSession.
+pub(crate) struct SessionDocumentInfo {
+    /// The document name.
+    pub(crate) name: String,
+    /// The document's `sessionType`.
+    pub(crate) session_type: String,
+    /// Substituted document properties.
+    pub(crate) properties: BTreeMap<String, Value>,
+    /// The KMS key of an encrypted shell session.
+    pub(crate) kms_key_id: Option<String>,
+}
+
 /// One session in the service.
 pub(crate) struct Session {
     /// The session id.
@@ -61,8 +73,12 @@ pub(crate) struct Session {
     pub(crate) target: String,
     /// The document name.
     pub(crate) document: String,
+    /// The document's `sessionType`.
+    pub(crate) session_type: String,
     /// Substituted document properties.
     pub(crate) properties: BTreeMap<String, Value>,
+    /// The KMS key shell data is encrypted under, if the session is encrypted.
+    pub(crate) kms_key_id: Option<String>,
     /// When StartSession created it.
     pub(crate) started: Instant,
     /// The agent model's runtime switches.
@@ -112,8 +128,7 @@ impl Session {
     pub(crate) fn new(
         id: String,
         target: String,
-        document: String,
-        properties: BTreeMap<String, Value>,
+        document: SessionDocumentInfo,
         cell: String,
         client_token: String,
         controls: Arc<AgentControls>,
@@ -122,8 +137,10 @@ impl Session {
         Self {
             id,
             target,
-            document,
-            properties,
+            document: document.name,
+            session_type: document.session_type,
+            properties: document.properties,
+            kms_key_id: document.kms_key_id,
             started: now,
             controls,
             publication: tokio::sync::Mutex::new(()),
@@ -167,7 +184,9 @@ impl Session {
             session_id: self.id.clone(),
             target: self.target.clone(),
             document_name: self.document.clone(),
+            session_type: self.session_type.clone(),
             properties: self.properties.clone(),
+            kms_key_id: self.kms_key_id.clone(),
             age_ms: millis(self.started.elapsed()),
             state: match &state.terminated {
                 Some(_) => "terminated".to_owned(),
@@ -206,8 +225,12 @@ pub struct SessionInfo {
     pub target: String,
     /// The document name.
     pub document_name: String,
+    /// The document's `sessionType` (`Port`, `Standard_Stream`, …).
+    pub session_type: String,
     /// Substituted document properties.
     pub properties: BTreeMap<String, Value>,
+    /// The KMS key the session is encrypted under; `None`: not encrypted.
+    pub kms_key_id: Option<String>,
     /// Milliseconds since StartSession.
     pub age_ms: u64,
     /// `active` or `terminated`.

@@ -73,7 +73,9 @@ fn expired(
     }
     if let Some(outcome) = state.agent_task.as_ref().and_then(|a| a.outcome()) {
         return Some(match outcome {
-            AgentOutcome::TerminatedByClient => Termination::AgentTerminated,
+            AgentOutcome::TerminatedByClient | AgentOutcome::ShellEnded(_) => {
+                Termination::AgentTerminated
+            }
             _ => Termination::AgentExited,
         });
     }

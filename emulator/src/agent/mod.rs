@@ -1,18 +1,23 @@
-//! An in-process model of amazon-ssm-agent's port session (docs/protocol.md §4–§6, §9.4, §12).
+//! An in-process model of amazon-ssm-agent's session plugins (docs/protocol.md §4–§6, §9.4,
+//! §12; PROTOCOL-SESSIONS.md §1, §3, §4, §6): Port sessions and the three shell session types.
 //!
 //! [`spawn`] starts one agent session against the emulator's service, exactly as the real
 //! agent talks to MGS: CreateDataChannel over HTTP for a token, a data-channel WebSocket with
-//! the OpenDataChannel text frame, then `agent_session_state` Connected and the handshake. After
-//! the handshake it forwards the port in mux (smux v1 server) or basic mode, with the agent's
-//! reliability rules, and rejoins after socket loss with the agent's small retry budget.
+//! the OpenDataChannel text frame, then `agent_session_state` Connected and, where the agent
+//! does one, the handshake (with the KMS key exchange and challenge when the session is
+//! encrypted). A Port session then forwards the port in mux (smux v1 server) or basic mode; a
+//! shell session runs `sh` on a pty, `sh -c <command>` on a pty, or a command on pipes. Both
+//! use the agent's reliability rules, and rejoin after socket loss with the agent's small
+//! retry budget.
 //!
 //! Everything it does is recorded as [`Event::Agent`](crate::events::Event::Agent) in the
 //! configured [`EventLog`]. Tokens never appear there.
 //!
 //! Layout: [`reliable`] is the sans-IO sequencing/ack/resend state machine; `port` holds the
 //! pure mode decisions and chunking; `mgs` the HTTP/WebSocket contract with the service;
-//! `dest` the destination TCP connections; `session` the single task that owns all session state
-//! and drives it from sockets and timers.
+//! `dest` the destination TCP connections; `shell` the shell plugin's processes, pty and
+//! output chunking; `crypto` the session encryption and the KMS Decrypt call; `session` the
+//! single task that owns all session state and drives it from sockets and timers.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -24,11 +29,13 @@ use tokio::task::JoinHandle;
 
 use crate::events::EventLog;
 
+mod crypto;
 mod dest;
 mod mgs;
 pub(crate) mod port;
 pub(crate) mod reliable;
 mod session;
+mod shell;
 
 /// The agent version the model reports by default (mux, keepalive decided by the client).
 pub const DEFAULT_AGENT_VERSION: &str = "3.3.987.0";
@@ -48,6 +55,11 @@ pub const DEFAULT_SMUX_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// loopback IPv4 keeps tests independent of how `localhost` resolves.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 
+/// The shell of `Standard_Stream` sessions (the agent runs `sh` from its PATH).
+pub const DEFAULT_SHELL: &str = "/bin/sh";
+/// The agent's wait before its first read of a pty (`writePump`'s initial wait).
+pub const DEFAULT_SHELL_FIRST_READ_DELAY: Duration = Duration::from_secs(1);
+
 /// How one agent session is set up.
 #[derive(Clone)]
 pub struct AgentConfig {
@@ -61,8 +73,12 @@ pub struct AgentConfig {
     pub mgs_ws_base: String,
     /// The `AgentVersion` of the HandshakeRequest.
     pub agent_version: String,
-    /// The session document's `properties` after parameter substitution (`portNumber`,
-    /// `type`, `host`, `localPortNumber`, …), sent verbatim in the HandshakeRequest.
+    /// The session document's `sessionType`: `Port`, `Standard_Stream`,
+    /// `InteractiveCommands` or `NonInteractiveCommands` (the agent plugin to run).
+    pub session_type: String,
+    /// The session document's `properties` after parameter substitution (Port: `portNumber`,
+    /// `type`, `host`, `localPortNumber`, …, sent verbatim in the HandshakeRequest; shells:
+    /// the per-platform `commands` and output settings, sent as `null`).
     pub properties: BTreeMap<String, serde_json::Value>,
     /// Sleep after each agent→client data message; zero means none (full speed).
     pub pacing: Duration,
@@ -79,6 +95,20 @@ pub struct AgentConfig {
     pub smux_keepalive_timeout: Duration,
     /// The host dialled when `properties` have no (or an empty) `host`.
     pub default_host: String,
+    /// The shell of `Standard_Stream` sessions and of `sh -c` for `InteractiveCommands`.
+    pub shell: String,
+    /// The wait before a pty session's first read of the pty.
+    pub shell_first_read_delay: Duration,
+    /// The session preferences' `shellProfile.linux`, typed into a `Standard_Stream` shell.
+    pub shell_profile: Option<String>,
+    /// Handshake for `Standard_Stream`/`InteractiveCommands` even without KMS.
+    pub force_handshake: bool,
+    /// The session preferences' `kmsKeyId`: shell sessions are encrypted when set.
+    pub kms_key_id: Option<String>,
+    /// Fail clients that do not acknowledge the KMS random challenge.
+    pub require_kms_challenge_response: bool,
+    /// Base URL of the KMS API the agent calls Decrypt on (the emulator's endpoint).
+    pub kms_endpoint: String,
     /// Seeds the rejoin jitter and message ids.
     pub seed: u64,
     /// Runtime fault toggles.
@@ -97,12 +127,15 @@ impl AgentConfig {
         mgs_ws_base: impl Into<String>,
         events: EventLog,
     ) -> Self {
+        let mgs_http_base = mgs_http_base.into();
         Self {
             session_id: session_id.into(),
             instance_id: instance_id.into(),
-            mgs_http_base: mgs_http_base.into(),
+            kms_endpoint: mgs_http_base.clone(),
+            mgs_http_base,
             mgs_ws_base: mgs_ws_base.into(),
             agent_version: DEFAULT_AGENT_VERSION.to_owned(),
+            session_type: "Port".to_owned(),
             properties: BTreeMap::new(),
             pacing: DEFAULT_PACING,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
@@ -111,6 +144,12 @@ impl AgentConfig {
             smux_keepalive_interval: DEFAULT_SMUX_KEEPALIVE_INTERVAL,
             smux_keepalive_timeout: DEFAULT_SMUX_KEEPALIVE_TIMEOUT,
             default_host: DEFAULT_HOST.to_owned(),
+            shell: DEFAULT_SHELL.to_owned(),
+            shell_first_read_delay: DEFAULT_SHELL_FIRST_READ_DELAY,
+            shell_profile: None,
+            force_handshake: false,
+            kms_key_id: None,
+            require_kms_challenge_response: false,
             seed: 0,
             controls: Arc::new(AgentControls::default()),
             events,
@@ -135,6 +174,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("mgs_http_base", &self.mgs_http_base)
             .field("mgs_ws_base", &self.mgs_ws_base)
             .field("agent_version", &self.agent_version)
+            .field("session_type", &self.session_type)
             .field("properties", &self.properties)
             .field("pacing", &self.pacing)
             .field("handshake_timeout", &self.handshake_timeout)
@@ -143,6 +183,19 @@ impl std::fmt::Debug for AgentConfig {
             .field("smux_keepalive_interval", &self.smux_keepalive_interval)
             .field("smux_keepalive_timeout", &self.smux_keepalive_timeout)
             .field("default_host", &self.default_host)
+            .field("shell", &self.shell)
+            .field("shell_first_read_delay", &self.shell_first_read_delay)
+            .field(
+                "shell_profile",
+                &self.shell_profile.as_ref().map(|_| "<set>"),
+            )
+            .field("force_handshake", &self.force_handshake)
+            .field("kms_key_id", &self.kms_key_id)
+            .field(
+                "require_kms_challenge_response",
+                &self.require_kms_challenge_response,
+            )
+            .field("kms_endpoint", &self.kms_endpoint)
             .field("seed", &self.seed)
             .field("controls", &self.controls)
             .finish_non_exhaustive()
@@ -169,6 +222,12 @@ pub enum AgentOutcome {
     /// The port session failed or ended on its own (initial or lazy dial failed, smux
     /// protocol error or keepalive timeout, SSH-style destination EOF); the reason.
     PortSessionFailed(String),
+    /// The shell or command ended (pty EOF, command finished); the agent drained, reported
+    /// `Terminating` and closed. The detail (for example the command's exit status).
+    ShellEnded(String),
+    /// The shell plugin could not run (invalid properties, command could not start); the
+    /// error text.
+    ShellFailed(String),
     /// The data channel could not be opened at session start; the error.
     OpenFailed(String),
     /// All rejoin attempts failed; the last error.

@@ -1,6 +1,7 @@
 //! The agent session core: one task that owns every piece of session state (the reliable
-//! channel, the handshake, the port session and its smux server, the current socket) and
-//! drives it from the WebSocket, the destination connections and its timers.
+//! channel, the handshake with its KMS key exchange, the port session and its smux server or
+//! the shell plugin and its process, the current socket) and drives it from the WebSocket,
+//! the destination connections, the shell's tasks and its timers.
 //!
 //! Why one owner instead of the agent's goroutines and mutexes: the model must be exact about
 //! *what* the agent does, not about its races, and a single owner makes every rule a plain
@@ -8,8 +9,10 @@
 //! writes go through a separate writer task (a stalled socket never freezes the agent), the
 //! outgoing byte stream is paced by a timer instead of a sleep (so input and acks are still
 //! processed, as on the agent's other goroutines), and destination reads stop while paused.
+//! The agent's KMS Decrypt runs inside its receive path, so while it is in flight the model
+//! reads no frame either.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,13 +24,13 @@ use rand::{Rng, SeedableRng};
 use ssm_tether_protocol::message::{FLAGS_CONTROL, SCHEMA_VERSION};
 use ssm_tether_protocol::payload::{
     AcknowledgeContent, ActionParameters, ActionStatus, ActionType, AgentSessionState,
-    ChannelClosed, Flag, HandshakeComplete, HandshakeRequest, HandshakeResponse,
-    RequestedClientAction, SessionState, SessionTypeRequest,
+    ChannelClosed, Flag, HandshakeRequest, HandshakeResponse, RequestedClientAction, SessionState,
+    SessionTypeRequest,
 };
 use ssm_tether_protocol::smux::{self, Command, Frame, FrameDecoder};
 use ssm_tether_protocol::{ClientMessage, MessageType, PayloadType};
 use tokio::sync::mpsc::{self, OwnedPermit};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
@@ -39,6 +42,7 @@ use super::dest::{self, ConnKey, DestEvent, DialEvent};
 use super::mgs::{self, Mgs, MgsError, Ws};
 use super::port::{self, Destination, PortMode};
 use super::reliable::{Arrival, RESEND_INTERVAL, Reliable};
+use super::shell::{ShellEvent, ShellKind, ShellSettings};
 use super::{AgentConfig, AgentControls, AgentOutcome};
 use crate::events::{Event, EventLog};
 
@@ -59,6 +63,15 @@ const DEST_QUEUE: usize = 64;
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 /// The error text of the agent's handshake timeout.
 const HANDSHAKE_TIMED_OUT: &str = "Handshake timed out. Please ensure that you have the latest version of the session manager plugin.";
+/// The error text of the agent's wait for the EncChallengeResponse.
+const CHALLENGE_TIMED_OUT: &str = "Timed out waiting for encryption challenge.";
+/// Stop taking shell output from the shell's tasks while this much is queued and not yet sent
+/// (the reads then block, as the agent's do on its synchronous send).
+const SHELL_QUEUE_HIGH_WATER: usize = 64 * 1024;
+
+mod shell_side;
+
+use shell_side::{KmsCall, KmsState, KmsStep, ShellSide};
 
 /// Records an agent event.
 pub(super) fn emit(events: &EventLog, session_id: &str, what: &str, detail: impl Into<String>) {
@@ -123,17 +136,42 @@ enum RejoinEvent {
 #[derive(Clone, Copy, Debug)]
 enum Handshake {
     NotStarted,
-    Waiting { started: Instant, deadline: Instant },
+    /// The plugin needs no handshake (shells without KMS): data flows at once.
+    Skipped,
+    /// Waiting for the HandshakeResponse.
+    Waiting {
+        started: Instant,
+        deadline: Instant,
+    },
+    /// KMS: EncChallengeRequest sent, waiting for the EncChallengeResponse.
+    Challenge {
+        started: Instant,
+        deadline: Instant,
+    },
     Complete,
     Failed,
 }
+
+impl Handshake {
+    /// Client data reaches the plugin (the agent's "skipped or complete").
+    fn passes_data(self) -> bool {
+        matches!(self, Self::Skipped | Self::Complete)
+    }
+}
+
+/// A KMS Decrypt the receive path waits for: the message to deliver again once it answered,
+/// and the answer (the data key, or the agent's error text).
+type KmsWait = (ClientMessage, oneshot::Receiver<Result<Vec<u8>, String>>);
 
 /// Why and how the session ends.
 struct Ending {
     outcome: AgentOutcome,
     what: &'static str,
     detail: String,
-    /// Send `agent_session_state` Terminating first (the agent ended the session itself).
+    /// Send what is still buffered first and wait (at most [`CLOSE_DRAIN`]) for its acks,
+    /// as the agent's `PrepareToCloseChannel` (the agent ended the session itself).
+    drain: bool,
+    /// Send `agent_session_state` Terminating before closing (the plugin completed).
     terminating: bool,
 }
 
@@ -152,10 +190,12 @@ struct Mux {
     data_ready: bool,
 }
 
-/// The port session and handshake: everything stream-data delivery touches, kept apart from
-/// the reliable channel so that delivery can run inside [`Reliable::receive`].
+/// The plugin (port or shell) and the handshake: everything stream-data delivery touches,
+/// kept apart from the reliable channel so that delivery can run inside [`Reliable::receive`].
 struct PortSide {
     session_id: String,
+    /// The target, bound into the KMS encryption context.
+    instance_id: String,
     events: EventLog,
     controls: Arc<AgentControls>,
     properties: BTreeMap<String, serde_json::Value>,
@@ -179,6 +219,14 @@ struct PortSide {
     dest_tasks: JoinSet<()>,
     dial_tx: mpsc::UnboundedSender<DialEvent>,
     dest_tx: mpsc::Sender<DestEvent>,
+    /// How long each handshake wait lasts.
+    handshake_timeout: Duration,
+    /// The shell plugin, for the shell session types.
+    shell: Option<ShellSide>,
+    /// KMS encryption of a shell session.
+    kms: Option<KmsState>,
+    /// A KMS Decrypt the receive path waits for (set by delivery, started by the core).
+    kms_call: Option<KmsCall>,
 }
 
 /// The agent session.
@@ -201,6 +249,12 @@ pub(super) struct Core {
     pace_due: Option<Instant>,
     smux_nop: Option<Interval>,
     smux_check: Option<Interval>,
+    /// What the shell's tasks report.
+    shell_events: mpsc::Receiver<ShellEvent>,
+    /// Tells the shell's readers whether the data channel is paused.
+    paused_tx: watch::Sender<bool>,
+    /// The receive path waits for KMS Decrypt: the message to deliver again, and the result.
+    blocked: Option<KmsWait>,
 }
 
 impl Core {
@@ -218,8 +272,34 @@ impl Core {
         let (rejoin_tx, rejoin_rx) = mpsc::unbounded_channel();
         let (dial_tx, dial_rx) = mpsc::unbounded_channel();
         let (dest_tx, dest_rx) = mpsc::channel(DEST_QUEUE);
+        let (shell_tx, shell_events) = super::shell::event_channel();
+        let (paused_tx, paused_rx) = watch::channel(false);
+        let shell = ShellKind::from_session_type(&cfg.session_type).map(|kind| {
+            ShellSide::new(
+                kind,
+                &cfg.properties,
+                ShellSettings {
+                    shell: cfg.shell.clone(),
+                    first_read_delay: cfg.shell_first_read_delay,
+                    pacing: cfg.pacing,
+                    profile: cfg.shell_profile.clone(),
+                    session_id: cfg.session_id.clone(),
+                },
+                shell_tx,
+                paused_rx,
+            )
+        });
+        let kms = match (&shell, cfg.kms_key_id.as_deref().map(str::trim)) {
+            (Some(_), Some(key_id)) if !key_id.is_empty() => Some(KmsState::new(
+                key_id,
+                cfg.require_kms_challenge_response,
+                &cfg.kms_endpoint,
+            )),
+            _ => None,
+        };
         let port = PortSide {
             session_id: cfg.session_id.clone(),
+            instance_id: cfg.instance_id.clone(),
             events: cfg.events.clone(),
             controls: cfg.controls.clone(),
             properties: cfg.properties.clone(),
@@ -239,6 +319,10 @@ impl Core {
             dest_tasks: JoinSet::new(),
             dial_tx,
             dest_tx,
+            handshake_timeout: cfg.handshake_timeout,
+            shell,
+            kms,
+            kms_call: None,
         };
         Self {
             cfg,
@@ -258,6 +342,9 @@ impl Core {
             pace_due: None,
             smux_nop: None,
             smux_check: None,
+            shell_events,
+            paused_tx,
+            blocked: None,
         }
     }
 
@@ -280,26 +367,7 @@ impl Core {
             }
         }
         self.send_session_state(SessionState::Connected);
-        let now = Instant::now();
-        let request = HandshakeRequest {
-            agent_version: self.cfg.agent_version.clone(),
-            requested_client_actions: vec![RequestedClientAction {
-                action_type: ActionType::SessionType,
-                action_parameters: ActionParameters::SessionType(SessionTypeRequest {
-                    session_type: "Port".to_owned(),
-                    properties: self.cfg.properties.clone(),
-                }),
-            }],
-        };
-        self.send_stream(PayloadType::HANDSHAKE_REQUEST, request.to_payload());
-        self.port.handshake = Handshake::Waiting {
-            started: now,
-            deadline: now + self.cfg.handshake_timeout,
-        };
-        self.emit(
-            "handshake_request_sent",
-            format!("agent_version={}", self.cfg.agent_version),
-        );
+        self.begin();
 
         let mut resend = tokio::time::interval(RESEND_INTERVAL);
         resend.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -309,19 +377,33 @@ impl Core {
         let mut draining: Option<(Ending, Instant)> = None;
         loop {
             let paused = self.rel.paused();
-            let pump_ready = !paused && !self.port.pending.is_empty();
+            let shell_queued = self.port.shell.as_ref().map_or(0, ShellSide::queued_bytes);
+            let pump_ready = !paused && (!self.port.pending.is_empty() || shell_queued > 0);
             let dest_ready = !paused && self.port.pending.len() < PENDING_HIGH_WATER;
+            let shell_ready = self.port.shell.is_some() && shell_queued < SHELL_QUEUE_HIGH_WATER;
             let handshake_deadline = match self.port.handshake {
-                Handshake::Waiting { deadline, .. } => Some(deadline),
+                Handshake::Waiting { deadline, .. } | Handshake::Challenge { deadline, .. } => {
+                    Some(deadline)
+                }
                 _ => None,
             };
+            let ending = self.port.end.is_some();
             let writer_data = if pump_ready {
                 self.writer.as_ref().map(|w| w.data.clone())
             } else {
                 None
             };
             tokio::select! {
-                read = read_ws(&mut self.conn) => self.on_ws_read(read),
+                // Delivery asked to end the session: handle it before waiting for anything.
+                () = std::future::ready(()), if ending => {}
+                read = read_ws(&mut self.conn), if self.blocked.is_none() => self.on_ws_read(read),
+                result = kms_result(&mut self.blocked), if self.blocked.is_some() => {
+                    self.on_kms_result(result);
+                }
+                Some(event) = self.shell_events.recv(), if shell_ready => {
+                    let paused = self.rel.paused();
+                    self.port.on_shell_event(event, paused);
+                }
                 Some(event) = self.dial_rx.recv() => self.port.on_dial(event),
                 Some(event) = self.dest_rx.recv(), if dest_ready => {
                     self.port.on_dest(event);
@@ -331,13 +413,11 @@ impl Core {
                 _ = resend.tick() => self.resend(),
                 Some(event) = self.rejoin_rx.recv() => self.on_rejoin(event),
                 () = sleep_until_opt(handshake_deadline), if handshake_deadline.is_some() => {
-                    self.port.handshake = Handshake::Failed;
-                    self.port.finish(
-                        AgentOutcome::HandshakeFailed(HANDSHAKE_TIMED_OUT.to_owned()),
-                        "handshake_failed",
-                        HANDSHAKE_TIMED_OUT.to_owned(),
-                        true,
-                    );
+                    let text = match self.port.handshake {
+                        Handshake::Challenge { .. } => CHALLENGE_TIMED_OUT,
+                        _ => HANDSHAKE_TIMED_OUT,
+                    };
+                    self.port.fail_handshake(text.to_owned());
                 }
                 () = tick_opt(&mut self.smux_nop) => {
                     if self.port.mux.is_some() {
@@ -349,16 +429,30 @@ impl Core {
                     if draining.is_some() => {}
             }
             self.flush_port_out();
+            self.start_kms_call();
             self.arm_smux_keepalive();
+            // The shell's readers look at this before each read, as the agent's IsActive().
+            let paused = self.rel.paused();
+            self.paused_tx.send_if_modified(|current| {
+                let changed = *current != paused;
+                *current = paused;
+                changed
+            });
             if let Some(ending) = self.port.end.take() {
-                if ending.terminating && draining.is_none() {
+                if ending.drain && draining.is_none() {
                     draining = Some((ending, Instant::now() + CLOSE_DRAIN));
                 } else {
                     return self.finish(ending).await;
                 }
             }
             if let Some((_, until)) = &draining {
-                let drained = self.port.pending.is_empty() && self.rel.unacked() == 0;
+                let drained = self.port.pending.is_empty()
+                    && self
+                        .port
+                        .shell
+                        .as_ref()
+                        .is_none_or(|s| s.queued_bytes() == 0)
+                    && self.rel.unacked() == 0;
                 if (drained || Instant::now() >= *until)
                     && let Some((ending, _)) = draining.take()
                 {
@@ -366,6 +460,98 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Starts the plugin's side of the session: the handshake (Port always; shells when the
+    /// agent does one: NonInteractiveCommands, KMS, or the forced handshake) or, for a shell
+    /// without one, the shell itself.
+    fn begin(&mut self) {
+        let now = Instant::now();
+        let payload = match &self.port.shell {
+            None => HandshakeRequest {
+                agent_version: self.cfg.agent_version.clone(),
+                requested_client_actions: vec![RequestedClientAction {
+                    action_type: ActionType::SessionType,
+                    action_parameters: ActionParameters::SessionType(SessionTypeRequest {
+                        session_type: "Port".to_owned(),
+                        properties: self.cfg.properties.clone(),
+                    }),
+                }],
+            }
+            .to_payload(),
+            Some(shell) => {
+                if let Err(text) = shell.check_before_handshake() {
+                    self.port.fail_shell(text);
+                    return;
+                }
+                let kind = shell.kind();
+                let handshake = kind == ShellKind::NonInteractiveCommands
+                    || self.port.kms.is_some()
+                    || self.cfg.force_handshake;
+                if !handshake {
+                    self.port.handshake = Handshake::Skipped;
+                    self.emit("handshake_skipped", kind.name());
+                    self.port.start_shell();
+                    return;
+                }
+                shell_side::handshake_request(&self.cfg.agent_version, kind, self.port.kms.as_ref())
+            }
+        };
+        self.send_stream(PayloadType::HANDSHAKE_REQUEST, payload);
+        self.port.handshake = Handshake::Waiting {
+            started: now,
+            deadline: now + self.cfg.handshake_timeout,
+        };
+        self.emit(
+            "handshake_request_sent",
+            format!(
+                "agent_version={} session_type={} encrypted={}",
+                self.cfg.agent_version,
+                self.cfg.session_type,
+                self.port.kms.is_some()
+            ),
+        );
+    }
+
+    /// Starts the KMS Decrypt delivery asked for; the receive path waits for it.
+    fn start_kms_call(&mut self) {
+        let Some(call) = self.port.kms_call.take() else {
+            return;
+        };
+        self.emit("kms_decrypt_requested", call.describe());
+        let (tx, rx) = oneshot::channel();
+        let KmsCall {
+            message,
+            endpoint,
+            blob,
+            context,
+            key_id,
+        } = call;
+        self.tasks.spawn(async move {
+            let result = super::crypto::kms_decrypt(&endpoint, &blob, &context, &key_id).await;
+            let _ = tx.send(result);
+        });
+        self.blocked = Some((message, rx));
+    }
+
+    /// KMS answered: deliver the HandshakeResponse again, now with the data key (or the
+    /// error), and read frames again.
+    fn on_kms_result(
+        &mut self,
+        result: Result<Result<Vec<u8>, String>, oneshot::error::RecvError>,
+    ) {
+        let Some((message, _)) = self.blocked.take() else {
+            return;
+        };
+        let result = result.unwrap_or_else(|_| Err("the KMS call was abandoned".to_owned()));
+        match &result {
+            Ok(_) => self.emit("kms_decrypt_ok", ""),
+            Err(err) => self.emit("kms_decrypt_failed", err.clone()),
+        }
+        if let Some(kms) = self.port.kms.as_mut() {
+            kms.set_decrypted(result);
+        }
+        self.on_stream_data(message);
     }
 
     /// Installs a freshly opened socket: read half here, write half in a new writer task.
@@ -648,11 +834,12 @@ impl Core {
     /// `pacing` or (unpaced) continues while the writer has room.
     fn pump(&mut self, first: Option<OwnedPermit<Bytes>>) {
         self.pace_at = None;
-        let frame = next_output_frame(&mut self.rel, &mut self.port.pending, &mut self.rng);
+        let frame = self.next_frame();
         if let (Some(permit), Some(frame)) = (first, frame) {
             permit.send(frame);
         }
-        if !self.cfg.pacing.is_zero() {
+        // A shell's readers pace themselves (the agent sleeps after each read, not each send).
+        if !self.cfg.pacing.is_zero() && self.port.shell.is_none() {
             // The real agent sleeps 1 ms after each message, and Go's sleep is accurate to
             // tens of microseconds. A tokio timer rounds up to the next millisecond tick, so
             // sleeping "now + pacing" would halve the rate; keep an absolute schedule instead,
@@ -669,27 +856,67 @@ impl Core {
             self.pace_at = Some(due);
             return;
         }
+        let writer = self.writer.as_ref().map(|writer| writer.data.clone());
         for _ in 1..PUMP_BURST {
-            if self.port.pending.is_empty() || self.rel.paused() {
+            let queued = !self.port.pending.is_empty()
+                || self
+                    .port
+                    .shell
+                    .as_ref()
+                    .is_some_and(|s| s.queued_bytes() > 0);
+            if !queued || self.rel.paused() {
                 break;
             }
-            match &self.writer {
-                Some(writer) => {
-                    let Ok(permit) = writer.data.try_reserve() else {
+            match &writer {
+                Some(data) => {
+                    let Ok(permit) = data.try_reserve() else {
                         break;
                     };
-                    if let Some(frame) =
-                        next_output_frame(&mut self.rel, &mut self.port.pending, &mut self.rng)
-                    {
+                    if let Some(frame) = self.next_frame() {
                         permit.send(frame);
                     }
                 }
                 // Socket down: the message only goes into the resend buffer.
                 None => {
-                    next_output_frame(&mut self.rel, &mut self.port.pending, &mut self.rng);
+                    self.next_frame();
                 }
             }
         }
+    }
+
+    /// Numbers and buffers the next outgoing data message: a shell's next payload (encrypted
+    /// when the session is: Output, StdErr and ExitCode) or the next chunk of the port's byte
+    /// stream. Returns the frame if it is to be written now.
+    fn next_frame(&mut self) -> Option<Bytes> {
+        let Some(shell) = self.port.shell.as_mut() else {
+            return next_output_frame(&mut self.rel, &mut self.port.pending, &mut self.rng);
+        };
+        let (payload_type, payload) = shell.pop()?;
+        let payload = match self.port.kms.as_mut().and_then(KmsState::cipher_mut) {
+            Some(cipher)
+                if matches!(
+                    payload_type,
+                    PayloadType::OUTPUT | PayloadType::STD_ERR | PayloadType::EXIT_CODE
+                ) =>
+            {
+                match cipher.encrypt(&payload) {
+                    Ok(sealed) => Bytes::from(sealed),
+                    Err(err) => {
+                        self.emit("encrypt_failed", err.to_string());
+                        return None;
+                    }
+                }
+            }
+            _ => payload,
+        };
+        let sent = self.rel.send(
+            Instant::now().into_std(),
+            now_ms(),
+            new_id(&mut self.rng),
+            payload_type,
+            payload,
+        );
+        sent.transmit.then_some(sent.frame)
     }
 
     fn resend(&mut self) {
@@ -742,6 +969,13 @@ impl Core {
         self.conn = None;
         self.port.mux = None;
         self.port.basic = None;
+        // Dropping the shell kills its process group and closes the pty.
+        self.port.shell = None;
+        // The agent writes what a client sends to the destination as it processes each
+        // message, so everything received before the end has reached the destination by
+        // now; here those writes run in tasks, which get to finish them (bounded).
+        let writes_done = async { while self.port.dest_tasks.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout(CLOSE_DRAIN, writes_done).await;
         self.port.dest_tasks.abort_all();
         self.tasks.abort_all();
         ending.outcome
@@ -779,6 +1013,16 @@ async fn read_ws(conn: &mut Option<Conn>) -> WsRead {
         Ok(None) => WsRead::Ended,
         Ok(Some(Err(err))) => WsRead::Error(err.to_string()),
         Ok(Some(Ok(message))) => WsRead::Message(message),
+    }
+}
+
+/// The result of the KMS call the receive path waits for.
+async fn kms_result(
+    blocked: &mut Option<KmsWait>,
+) -> Result<Result<Vec<u8>, String>, oneshot::error::RecvError> {
+    match blocked {
+        Some((_, result)) => result.await,
+        None => std::future::pending().await,
     }
 }
 
@@ -892,7 +1136,8 @@ impl PortSide {
         emit(&self.events, &self.session_id, what, detail);
     }
 
-    /// Requests the end of the session (the first request wins).
+    /// Requests the end of the session (the first request wins); `terminating`: the agent
+    /// ended it itself, so it drains and reports `Terminating`.
     fn finish(
         &mut self,
         outcome: AgentOutcome,
@@ -900,39 +1145,58 @@ impl PortSide {
         detail: String,
         terminating: bool,
     ) {
+        self.finish_with(outcome, what, detail, terminating, terminating);
+    }
+
+    /// Requests the end of the session, draining first or not, with or without
+    /// `Terminating` (the first request wins).
+    fn finish_with(
+        &mut self,
+        outcome: AgentOutcome,
+        what: &'static str,
+        detail: String,
+        drain: bool,
+        terminating: bool,
+    ) {
         if self.end.is_none() {
             self.end = Some(Ending {
                 outcome,
                 what,
                 detail,
+                drain,
                 terminating,
             });
         }
     }
 
-    /// Processes one in-order client stream-data message; `false` = handler not ready (leave
-    /// it unacked so the client resends).
+    /// Processes one in-order client stream-data message; `false` = handler not ready or the
+    /// processing failed (leave it unacked so the client resends).
     fn deliver(&mut self, message: &ClientMessage, now: Instant) -> bool {
         if self.end.is_some() {
             return true;
         }
         match message.payload_type {
-            PayloadType::HANDSHAKE_RESPONSE => {
-                self.on_handshake_response(message, now);
-                true
+            PayloadType::HANDSHAKE_RESPONSE => return self.on_handshake_response(message, now),
+            PayloadType::ENC_CHALLENGE_RESPONSE => {
+                return self.on_challenge_response(message, now);
             }
-            PayloadType::ENC_CHALLENGE_RESPONSE => true,
-            _ if !matches!(self.handshake, Handshake::Complete) => {
-                // Until the handshake completes the agent acks and discards everything else.
-                self.emit(
-                    "discarded_before_handshake",
-                    format!(
-                        "seq {} payload type {:?}",
-                        message.sequence_number, message.payload_type
-                    ),
-                );
-                true
-            }
+            _ => {}
+        }
+        if !self.handshake.passes_data() {
+            // Until the handshake completes the agent acks and discards everything else.
+            self.emit(
+                "discarded_before_handshake",
+                format!(
+                    "seq {} payload type {:?}",
+                    message.sequence_number, message.payload_type
+                ),
+            );
+            return true;
+        }
+        if self.shell.is_some() {
+            return self.deliver_to_shell(message);
+        }
+        match message.payload_type {
             _ if !self.ready => false,
             PayloadType::OUTPUT => {
                 self.on_output(&message.payload);
@@ -946,48 +1210,60 @@ impl PortSide {
         }
     }
 
-    fn on_handshake_response(&mut self, message: &ClientMessage, now: Instant) {
+    /// The agent's `handleHandshakeResponse`. `false`: not processed (unparsable, or the KMS
+    /// data key must be fetched first), so not acked.
+    fn on_handshake_response(&mut self, message: &ClientMessage, now: Instant) -> bool {
         // A late or repeated response (new sequence number) is ignored once decided.
         let Handshake::Waiting { started, .. } = self.handshake else {
-            return;
+            return true;
         };
         let response = match HandshakeResponse::from_payload(&message.payload) {
             Ok(response) => response,
             Err(err) => {
-                self.fail_handshake(format!(
-                    "processing of HandshakeResponse message failed, {err}"
-                ));
-                return;
+                // The agent's handler fails before the ack: the client resends, and the
+                // handshake times out unless a valid response comes.
+                self.emit(
+                    "handshake_response_invalid",
+                    format!("processing of HandshakeResponse message failed, Unmarshalling of HandshakeResponse message failed, {err}"),
+                );
+                return false;
             }
         };
+        // Every action is processed; a failure cancels the session (the last one is told).
+        let mut error = None;
         for action in &response.processed_client_actions {
             if action.action_status != ActionStatus::SUCCESS {
-                self.fail_handshake(format!(
+                error = Some(format!(
                     "{} failed on client with status {} error: {}",
                     action.action_type.as_str(),
                     action.action_status.0,
                     action.error
                 ));
-                return;
+                continue;
+            }
+            match &action.action_type {
+                ActionType::KmsEncryption => {
+                    match self.finalize_kms(message, &action.action_result) {
+                        KmsStep::Ready => {}
+                        KmsStep::Failed(text) => error = Some(text),
+                        KmsStep::Waiting => return false,
+                    }
+                }
+                ActionType::SessionType => {}
+                other => self.emit("unknown_client_action", other.as_str().to_owned()),
             }
         }
-        let elapsed = now.saturating_duration_since(started);
-        let complete = HandshakeComplete {
-            handshake_time_to_complete: i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX),
-            customer_message: String::new(),
-        };
-        self.out
-            .push((PayloadType::HANDSHAKE_COMPLETE, complete.to_payload()));
-        self.handshake = Handshake::Complete;
+        if let Some(error) = error {
+            self.fail_handshake(error);
+            return true;
+        }
         self.client_version = response.client_version;
-        self.emit(
-            "handshake_complete",
-            format!(
-                "client_version={} time_to_complete={elapsed:?}",
-                self.client_version
-            ),
-        );
-        self.start_port();
+        if self.kms.is_some() {
+            self.send_challenge(started, now);
+        } else {
+            self.complete_handshake(started, now);
+        }
+        true
     }
 
     fn fail_handshake(&mut self, error: String) {

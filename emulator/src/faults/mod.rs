@@ -4,13 +4,16 @@
 //! Every random decision (frame faults, recycle skews) comes from the emulator's single seeded
 //! RNG, so a run with the same seed and the same traffic makes the same decisions.
 
+mod fleet;
 mod settings;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-pub use settings::{FaultSettings, FrameFaults, ResumeFailCode, ResumeFailSettings, SideSelection};
+pub use settings::{
+    FaultSettings, FrameFaults, KmsDeny, ResumeFailCode, ResumeFailSettings, SideSelection,
+};
 
 use crate::events::{Event, Side};
 use crate::service::{Service, Termination};

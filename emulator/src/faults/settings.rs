@@ -45,6 +45,8 @@ pub struct FaultSettings {
     pub max_session_duration: Option<Duration>,
     /// The agent refuses to connect to the destination (ConnectToPortError in mux mode).
     pub refuse_destination: bool,
+    /// Which fake-KMS calls are refused with `AccessDeniedException`.
+    pub kms_deny: KmsDeny,
 }
 
 impl Default for FaultSettings {
@@ -62,6 +64,7 @@ impl Default for FaultSettings {
             idle_timeout: None,
             max_session_duration: None,
             refuse_destination: false,
+            kms_deny: KmsDeny::Off,
         }
     }
 }
@@ -146,6 +149,49 @@ impl std::str::FromStr for ResumeFailCode {
             "throttling" | "throttlingexception" | "400" => Ok(Self::Throttling),
             _ => Err(format!(
                 "unknown code {s:?}: expected access-denied or throttling"
+            )),
+        }
+    }
+}
+
+/// Which calls of the fake KMS fail with `AccessDeniedException` (HTTP 400, like KMS).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KmsDeny {
+    /// Every call is allowed.
+    #[default]
+    Off,
+    /// The client's `GenerateDataKey` is refused (the client cannot set up encryption).
+    GenerateDataKey,
+    /// The agent's `Decrypt` is refused (the handshake fails on the agent's side).
+    Decrypt,
+    /// Both.
+    All,
+}
+
+impl KmsDeny {
+    /// Whether the named KMS operation (`GenerateDataKey`, `Decrypt`) is refused.
+    pub fn denies(self, operation: &str) -> bool {
+        match self {
+            Self::Off => false,
+            Self::GenerateDataKey => operation == "GenerateDataKey",
+            Self::Decrypt => operation == "Decrypt",
+            Self::All => true,
+        }
+    }
+}
+
+impl std::str::FromStr for KmsDeny {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().replace(['_', '-'], "").as_str() {
+            "off" | "none" => Ok(Self::Off),
+            "generatedatakey" => Ok(Self::GenerateDataKey),
+            "decrypt" => Ok(Self::Decrypt),
+            "all" => Ok(Self::All),
+            _ => Err(format!(
+                "unknown value {s:?}: expected off, generate-data-key, decrypt or all"
             )),
         }
     }

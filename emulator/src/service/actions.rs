@@ -64,9 +64,10 @@ impl Termination {
             Self::MaxSessionDuration => {
                 "Your session has reached its maximum duration and has been terminated.".to_owned()
             }
-            Self::AgentTerminated | Self::AgentExited => {
-                format!("Exiting session with sessionId: {session_id}.")
-            }
+            // After `Terminating` MGS sends no text: the plugin prints its own "Exiting
+            // session with sessionId: <id>." for an empty Output (PROTOCOL-SESSIONS.md §3.8).
+            Self::AgentTerminated => String::new(),
+            Self::AgentExited => format!("Exiting session with sessionId: {session_id}."),
             _ => format!("Session {session_id} has been terminated."),
         }
     }

@@ -21,7 +21,8 @@ use crate::config::{AgentSettings, EmulatorConfig};
 use crate::documents::{Documents, ResolvedDocument};
 use crate::events::{Event, EventLog, Side};
 use crate::faults::{FaultSettings, SideSelection};
-use crate::sessions::Session;
+use crate::kms::Kms;
+use crate::sessions::{Session, SessionDocumentInfo};
 
 /// The service.
 pub(crate) struct Service {
@@ -31,6 +32,10 @@ pub(crate) struct Service {
     pub(crate) agent: AgentSettings,
     /// The documents StartSession resolves.
     pub(crate) documents: Documents,
+    /// Fake managed nodes and injected API errors (`crate::api_ext`).
+    pub(crate) extras: crate::api_ext::Extras,
+    /// The fake KMS served on the same endpoint.
+    pub(crate) kms: Kms,
     faults: Mutex<FaultSettings>,
     resume_fail: Mutex<ResumeFailState>,
     credentials: Mutex<HashMap<String, Instant>>,
@@ -51,6 +56,14 @@ impl Service {
             events: config.events.clone(),
             agent: config.agent.clone(),
             documents: config.documents.clone(),
+            extras: crate::api_ext::Extras::new(config),
+            kms: Kms::new(
+                config
+                    .agent
+                    .kms_key_id
+                    .as_deref()
+                    .unwrap_or(crate::kms::DEFAULT_KEY_ID),
+            ),
             faults: Mutex::new(config.faults.clone()),
             resume_fail: Mutex::new(resume_fail),
             credentials: Mutex::new(HashMap::new()),
@@ -170,11 +183,29 @@ impl Service {
         controls
             .refuse_destination
             .store(lock(&self.faults).refuse_destination, Ordering::Relaxed);
+        // The session preferences: a shell document's own kmsKeyId, else the account's.
+        let kms_key_id = if document.session_type.is_shell() {
+            document
+                .inputs
+                .kms_key_id
+                .clone()
+                .or_else(|| self.agent.kms_key_id.clone())
+        } else {
+            None
+        };
+        if let Some(key) = &kms_key_id {
+            // Preferences that name a key imply that the account has it.
+            self.kms.ensure_key(key);
+        }
         let session = Arc::new(Session::new(
             id.clone(),
             target.to_owned(),
-            document.name,
-            document.properties,
+            SessionDocumentInfo {
+                name: document.name,
+                session_type: document.session_type.as_str().to_owned(),
+                properties: document.properties,
+                kms_key_id: kms_key_id.clone(),
+            },
             cell,
             token.clone(),
             controls.clone(),
@@ -195,7 +226,10 @@ impl Service {
             instance_id: target.to_owned(),
             http_base: self.http_base().to_owned(),
             ws_base: self.ws_base().to_owned(),
+            session_type: session.session_type.clone(),
             properties: session.properties.clone(),
+            shell_profile: document.inputs.shell_profile,
+            kms_key_id,
             settings: self.agent.clone(),
             seed,
             controls,

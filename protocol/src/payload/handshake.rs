@@ -61,9 +61,15 @@ pub struct SessionTypeRequest {
     #[serde(rename = "SessionType")]
     pub session_type: String,
     /// The session document's `properties` after parameter substitution. Kept sorted because
-    /// Go marshals map keys alphabetically.
-    #[serde(rename = "Properties")]
+    /// Go marshals map keys alphabetically. Shell sessions send `null`, read as empty.
+    #[serde(rename = "Properties", deserialize_with = "null_as_empty")]
     pub properties: BTreeMap<String, Value>,
+}
+
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, Value>, D::Error> {
+    Ok(Option::<BTreeMap<String, Value>>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 /// The client's answer to a [`HandshakeRequest`].

@@ -9,7 +9,9 @@ mod ack;
 mod channel;
 mod flag;
 mod handshake;
+mod kms;
 mod open;
+mod size;
 
 pub use ack::AcknowledgeContent;
 pub use channel::{AgentSessionState, ChannelClosed, SessionState};
@@ -18,7 +20,9 @@ pub use handshake::{
     ActionParameters, ActionStatus, ActionType, HandshakeComplete, HandshakeRequest,
     HandshakeResponse, ProcessedClientAction, RequestedClientAction, SessionTypeRequest,
 };
+pub use kms::{EncryptionChallenge, KmsEncryptionRequest, KmsEncryptionResponse};
 pub use open::OpenDataChannel;
+pub use size::SizeData;
 
 /// Why a JSON payload could not be read.
 #[derive(Debug, thiserror::Error)]

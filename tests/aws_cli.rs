@@ -148,10 +148,10 @@ async fn aws_start_session_port_forwarding_survives_recycles_and_a_termination()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_shell_session_gets_one_line_and_is_terminated() {
+async fn a_session_that_is_not_what_the_request_says_is_one_line_and_is_terminated() {
     let emulator = emulator(&["--pacing", "0"]);
-    // A session as the CLI would have started it; the request says it is the default
-    // document, a shell, which this build cannot carry yet.
+    // A Port session, handed over with a request that says it is the default document (a
+    // shell): the agent's handshake contradicts the request.
     let files = support::AwsFiles::new("AKIDSHELL");
     let parameters =
         std::collections::BTreeMap::from([("portNumber".to_owned(), vec!["22".to_owned()])]);
@@ -183,14 +183,16 @@ async fn a_shell_session_gets_one_line_and_is_terminated() {
     ];
     let output = plugin(&workspace, &args, &env);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains(
-            "shell and command sessions (SSM-SessionManagerRunShell) are not supported yet"
-        ),
+        stderr.contains("the document starts a Port session, not a shell or command"),
         "{stderr}"
     );
-    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.contains("Starting session"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
     assert!(!stderr.contains(&grant.token_value), "{stderr}");
     wait_until("the session terminated", Duration::from_secs(10), || {
         active_sessions(&emulator).is_empty()

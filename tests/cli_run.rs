@@ -395,6 +395,7 @@ async fn a_second_signal_exits_at_once_and_names_the_sessions_that_may_remain() 
 async fn run_at_trace_level_logs_no_token_credential_or_signature() {
     const SECRET: &str = "SECRETKEY-trace-scan";
     const SESSION_TOKEN: &str = "SESSIONTOKEN-trace-scan";
+    const PROXY_PASSWORD: &str = "PROXYPASSWORD-trace-scan";
     let emulator = emulator(|_| {}).await;
     let echo = echo_server().await;
     let files = AwsFiles::new("AKIDTRACE");
@@ -408,11 +409,22 @@ async fn run_at_trace_level_logs_no_token_credential_or_signature() {
     .expect("credentials");
     let port = free_port();
     let policy = files.dir.path().join("tunnels.toml");
-    std::fs::write(&policy, echo_tunnel(&emulator.endpoint_url(), echo, port)).expect("policy");
+    // A proxy with a password, which NO_PROXY leaves unused for the emulator on loopback.
+    let with_proxy = echo_tunnel(&emulator.endpoint_url(), echo, port).replacen(
+        "[defaults]\n",
+        &format!("[defaults]\nproxy = \"http://alice:{PROXY_PASSWORD}@proxy.invalid:3128\"\n"),
+        1,
+    );
+    std::fs::write(&policy, with_proxy).expect("policy");
     let mut child = ssm_tether()
         .arg("run")
         .arg(&policy)
         .env("RUST_LOG", "trace")
+        .env("NO_PROXY", "127.0.0.1")
+        .env(
+            "HTTPS_PROXY",
+            format!("http://bob:{PROXY_PASSWORD}@proxy.invalid:3128"),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -447,6 +459,7 @@ async fn run_at_trace_level_logs_no_token_credential_or_signature() {
     for secret in [
         SECRET,
         SESSION_TOKEN,
+        PROXY_PASSWORD,
         "TokenValue",
         "Signature=",
         "X-Amz-Signature",

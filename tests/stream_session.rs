@@ -553,3 +553,48 @@ fn ssh_proxy_refuses_a_cleartext_endpoint_on_another_host() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(output.stdout.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everything_piped_in_before_the_end_of_input_reaches_the_destination() {
+    // A destination that keeps what it receives.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let received = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.expect("accept");
+        let mut got = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut socket, &mut got).await;
+        got
+    });
+    let emulator = recycling_emulator();
+    let mut sent = vec![0u8; 200_000];
+    support::pattern(11, 0, &mut sent);
+    let input = sent.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        let mut child = ssh_proxy(&emulator, port)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ssh-proxy runs");
+        // All of it at once, and the end of input right behind it.
+        let mut stdin = child.stdin.take().expect("piped");
+        stdin.write_all(&input).expect("write");
+        drop(stdin);
+        let status = child.wait().expect("exits");
+        (status, emulator)
+    })
+    .await
+    .expect("join");
+    let (status, emulator) = status;
+    assert_eq!(status.code(), Some(0));
+    // The session is over, so the agent has closed the destination connection.
+    let got = tokio::time::timeout(Duration::from_secs(10), received)
+        .await
+        .expect("the destination was closed")
+        .expect("join");
+    assert_eq!(got.len(), sent.len(), "bytes lost at the end of input");
+    assert!(got == sent, "bytes altered");
+    drop(emulator);
+}

@@ -54,6 +54,7 @@ impl Aws {
             endpoint_url: Some(emulator.endpoint_url()),
             config_file: Some(self.dir.path().join("config")),
             credentials_file: Some(self.dir.path().join("credentials")),
+            ..AwsSettings::default()
         })
     }
 }

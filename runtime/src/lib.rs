@@ -7,8 +7,9 @@
 //! Modules, from the leaves up: [`transport`] and [`aws`] (the WebSocket and the SSM API),
 //! [`events`] (what a tunnel reports), [`policy`] (the policy file), [`recovery`] (the built-in
 //! reconnect policy), [`builtin`] and [`plugin`] (the plugin host), [`tunnel`] (the tunnel
-//! itself) and [`reload`] (hot reload of a policy file's plugins); each uses only modules
-//! before it. See `docs/design.md` §2.
+//! itself), [`reload`] (hot reload of a policy file's plugins) and [`ops`] (metrics, health
+//! endpoints, the control socket, systemd notifications); each uses only modules before it.
+//! See `docs/design.md` §2.
 
 pub use ssm_tether_protocol as protocol;
 
@@ -17,10 +18,12 @@ pub mod builtin;
 pub mod channel;
 pub mod events;
 pub mod mux;
+pub mod ops;
 pub mod plugin;
 pub mod policy;
 pub mod recovery;
 pub mod reload;
+pub mod remedy;
 pub mod transport;
 pub mod trusted_file;
 pub mod tunnel;

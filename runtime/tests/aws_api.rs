@@ -57,6 +57,7 @@ impl AwsFiles {
             endpoint_url: Some(endpoint_url.to_owned()),
             config_file: Some(self.dir.join("config")),
             credentials_file: Some(self.dir.join("credentials")),
+            ..AwsSettings::default()
         }
     }
 }

@@ -839,3 +839,231 @@ fn only_a_bounded_regular_file_is_read_as_a_policy() {
     let e = policy::load(&big).expect_err("too large").to_string();
     assert!(e.contains("larger than 1048576 bytes"), "{e}");
 }
+
+const ONE_TUNNEL: &str = "[[tunnel]]\nname = \"db\"\ntarget = \"i-1\"\nremote_port = 5432\n";
+
+fn metrics_listen(text: &str) -> Option<SocketAddr> {
+    ok(text).metrics.map(|m| m.listen)
+}
+
+#[test]
+fn the_metrics_table_is_optional_and_listens_on_loopback_9464_by_default() {
+    assert_eq!(metrics_listen(ONE_TUNNEL), None);
+    let default = metrics_listen(&format!("[metrics]\n{ONE_TUNNEL}"));
+    assert_eq!(default, Some("127.0.0.1:9464".parse().expect("addr")));
+    // After the tunnels is as good as before them.
+    let after = metrics_listen(&format!(
+        "{ONE_TUNNEL}\n[metrics]\nlisten = \"127.0.0.1:9100\"\n"
+    ));
+    assert_eq!(after, Some("127.0.0.1:9100".parse().expect("addr")));
+    for (written, expected) in [
+        ("9100", "127.0.0.1:9100"),
+        ("\"9100\"", "127.0.0.1:9100"),
+        ("\"localhost:9100\"", "127.0.0.1:9100"),
+        ("\"[::1]:9100\"", "[::1]:9100"),
+        ("\"127.0.0.1:0\"", "127.0.0.1:0"),
+    ] {
+        let listen = metrics_listen(&format!("[metrics]\nlisten = {written}\n{ONE_TUNNEL}"));
+        assert_eq!(
+            listen,
+            Some(expected.parse().expect("addr")),
+            "listen = {written}"
+        );
+    }
+}
+
+#[test]
+fn metrics_on_the_network_need_allow_non_loopback_in_the_metrics_table() {
+    let text = format!("[metrics]\nlisten = \"0.0.0.0:9464\"\n{ONE_TUNNEL}");
+    let e = err(&text);
+    assert!(
+        e.starts_with(
+            "tunnels.toml:2:10: metrics.listen: \"0.0.0.0:9464\" is not a loopback address"
+        ),
+        "{e}"
+    );
+    assert!(e.contains("allow_non_loopback = true in [metrics]"), "{e}");
+    let allowed = metrics_listen(&format!(
+        "[metrics]\nlisten = \"0.0.0.0:9464\"\nallow_non_loopback = true\n{ONE_TUNNEL}"
+    ));
+    assert_eq!(allowed, Some("0.0.0.0:9464".parse().expect("addr")));
+    // A tunnel's allow_non_loopback is no permission for the metrics endpoint.
+    let e = err(&format!(
+        "[metrics]\nlisten = \"0.0.0.0:9464\"\n{ONE_TUNNEL}allow_non_loopback = true\n"
+    ));
+    assert!(e.starts_with("tunnels.toml:2:10: metrics.listen:"), "{e}");
+}
+
+#[test]
+fn metrics_errors_name_file_line_column_field_and_value() {
+    let cases = [
+        (
+            "[metrics]\nport = 9464\n",
+            "tunnels.toml:2:1: metrics.port: unknown key (expected one of: listen, allow_non_loopback)",
+        ),
+        (
+            "[metrics]\nlisten = true\n",
+            "tunnels.toml:2:10: metrics.listen: true is a boolean, expected a string such as \
+             \"127.0.0.1:9464\"",
+        ),
+        (
+            "[metrics]\nlisten = \"unix:/run/m.sock\"\n",
+            "tunnels.toml:2:10: metrics.listen: \"unix:/run/m.sock\" is a Unix socket",
+        ),
+        (
+            "[metrics]\nlisten = \"nowhere\"\n",
+            "tunnels.toml:2:10: metrics.listen: \"nowhere\" is not a listen address",
+        ),
+        (
+            "[metrics]\nlisten = 70000\n",
+            "tunnels.toml:2:10: metrics.listen: 70000 is not a port (0-65535)",
+        ),
+        (
+            "[metrics]\nallow_non_loopback = \"yes\"\n",
+            "tunnels.toml:2:22: metrics.allow_non_loopback: \"yes\" is a string, expected true or \
+             false",
+        ),
+        (
+            "metrics = 9464\n",
+            "tunnels.toml:1:11: metrics: 9464 is an integer, expected a table",
+        ),
+    ];
+    for (metrics, expected) in cases {
+        let e = err(&format!("{metrics}{ONE_TUNNEL}"));
+        assert!(
+            e.starts_with(expected),
+            "{metrics:?}:\n  got      {e}\n  expected {expected}"
+        );
+    }
+}
+
+#[test]
+fn the_metrics_endpoint_cannot_share_a_tunnels_address() {
+    // The tunnel listens on its default, 127.0.0.1:5432.
+    let e = err(&format!(
+        "[metrics]\nlisten = \"127.0.0.1:5432\"\n{ONE_TUNNEL}"
+    ));
+    assert!(
+        e.starts_with("tunnels.toml:2:10: metrics.listen: 127.0.0.1:5432 clashes with local"),
+        "{e}"
+    );
+    assert!(
+        e.contains("tunnel \"db\" (tunnel[0] at tunnels.toml:3:1)"),
+        "{e}"
+    );
+    // Port 0 never clashes.
+    assert!(metrics_listen(&format!("[metrics]\nlisten = 0\n{ONE_TUNNEL}")).is_some());
+}
+
+#[test]
+fn a_proxy_is_read_from_defaults_or_the_tunnel_and_its_password_never_shown() {
+    let base = "[[tunnel]]\nname = \"a\"\ntarget = \"i-1\"\nremote_port = 1\n";
+    let p = ok(&format!(
+        "[defaults]\nproxy = \"http://alice:S3CRET-pw@proxy.corp:3128\"\n{base}\
+         [[tunnel]]\nname = \"b\"\ntarget = \"i-2\"\nremote_port = 2\nproxy = \"proxy2:8080\"\n"
+    ));
+    let a = p.tunnels[0].aws.proxy.as_ref().expect("from [defaults]");
+    assert_eq!(a.shown(), "http://***@proxy.corp:3128");
+    assert!(a.has_credentials());
+    let b = p.tunnels[1].aws.proxy.as_ref().expect("the tunnel's own");
+    assert_eq!(b.shown(), "http://proxy2:8080");
+    assert!(
+        !format!("{p:?}").contains("S3CRET"),
+        "Debug shows no password"
+    );
+
+    // A bad URL is an error that does not repeat the value: it may hold a password.
+    for bad in [
+        "https://alice:S3CRET@proxy:3128",
+        "socks5://alice:S3CRET@proxy:1080",
+        "http://alice:S3CRET@proxy:3128/path",
+        "",
+    ] {
+        let e = err(&format!("{base}proxy = \"{bad}\"\n"));
+        assert!(e.starts_with("tunnels.toml:5:9: tunnel[0].proxy: "), "{e}");
+        assert!(!e.contains("S3CRET"), "{e}");
+    }
+    let e = err(&format!("{base}proxy = 3128\n"));
+    assert!(e.contains("expected a string"), "{e}");
+}
+
+#[test]
+fn ssmmessages_endpoint_fips_and_dual_stack_are_read() {
+    let base = "[[tunnel]]\nname = \"a\"\ntarget = \"i-1\"\nremote_port = 1\n";
+    let p = ok(&format!(
+        "[defaults]\nuse_fips = true\n\
+         ssmmessages_endpoint = \"vpce-0abc-xyz.ssmmessages.eu-west-1.vpce.amazonaws.com\"\n\
+         {base}use_dual_stack = true\n"
+    ));
+    let aws = &p.tunnels[0].aws;
+    assert_eq!(aws.use_fips, Some(true));
+    assert_eq!(aws.use_dual_stack, Some(true));
+    assert_eq!(
+        aws.ssmmessages_endpoint
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("vpce-0abc-xyz.ssmmessages.eu-west-1.vpce.amazonaws.com")
+    );
+    let plain = ok(base);
+    assert_eq!(plain.tunnels[0].aws.use_fips, None);
+    assert_eq!(plain.tunnels[0].aws.ssmmessages_endpoint, None);
+
+    let e = err(&format!(
+        "{base}ssmmessages_endpoint = \"vpce.example/path\"\n"
+    ));
+    assert!(
+        e.starts_with(
+            "tunnels.toml:5:24: tunnel[0].ssmmessages_endpoint: \"vpce.example/path\" has a path"
+        ),
+        "{e}"
+    );
+    // Cleartext to another host: the data channel's token would travel unencrypted.
+    let e = err(&format!(
+        "{base}ssmmessages_endpoint = \"ws://10.0.0.5:8080\"\n"
+    ));
+    assert!(e.contains("unencrypted"), "{e}");
+    ok(&format!(
+        "{base}ssmmessages_endpoint = \"ws://10.0.0.5:8080\"\nallow_insecure_endpoint = true\n"
+    ));
+    ok(&format!(
+        "{base}ssmmessages_endpoint = \"ws://127.0.0.2:8080\"\n"
+    ));
+    let e = err(&format!("{base}use_fips = \"yes\"\n"));
+    assert!(
+        e.contains("tunnel[0].use_fips") && e.contains("true or false"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_tag_target_is_accepted_and_a_malformed_one_explained() {
+    let p = ok("[[tunnel]]\nname = \"a\"\ntarget = \"tag:Name=bastion host\"\nremote_port = 22\n");
+    assert_eq!(p.tunnels[0].target, "tag:Name=bastion host");
+    ok(
+        "[[tunnel]]\nname = \"a\"\ntarget = \"tag:aws:autoscaling:groupName=bastion\"\nremote_port = 22\n",
+    );
+    for (bad, why) in [
+        ("tag:Name", "no '='"),
+        ("tag:=x", "tag key"),
+        ("tag:Name=", "tag value"),
+    ] {
+        let e = err(&format!(
+            "[[tunnel]]\nname = \"a\"\ntarget = \"{bad}\"\nremote_port = 22\n"
+        ));
+        assert!(
+            e.starts_with(&format!("tunnels.toml:3:10: tunnel[0].target: \"{bad}\"")),
+            "{e}"
+        );
+        assert!(e.contains(why), "{e}");
+    }
+}
+
+#[test]
+fn the_example_file_documents_and_enables_metrics() {
+    let policy = policy::load(&examples_dir().join("tunnels.toml")).expect("valid");
+    assert_eq!(
+        policy.metrics.map(|m| m.listen),
+        Some("127.0.0.1:9464".parse().expect("addr"))
+    );
+}

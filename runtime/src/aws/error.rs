@@ -6,8 +6,13 @@ use std::fmt;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 
+use crate::remedy::{self, Remedy};
+
 /// Longest message kept from the SDK; error chains can be long and logs should stay readable.
 const MAX_MESSAGE_CHARS: usize = 600;
+
+/// What separates an error's message from its remedy ([`ApiError::remedy`]).
+pub const REMEDY_SEPARATOR: &str = " — remedy: ";
 
 /// What went wrong, coarsely, so the runtime can pick a recovery tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -142,6 +147,66 @@ impl ApiError {
         )
     }
 
+    /// What to do about this failure, if anything recognisable: one line naming the action,
+    /// the principal kind, `aws sso login --profile PROFILE` and the like
+    /// ([`crate::remedy`] holds every text). `profile` is the profile in use, for remedies
+    /// that name it.
+    pub fn remedy(&self, profile: &str) -> Option<Remedy> {
+        let code = self
+            .code
+            .as_deref()
+            .map(|c| c.rsplit('#').next().unwrap_or(c));
+        let lower = self.message.to_ascii_lowercase();
+        let profile = || profile.to_owned();
+        let sso = lower.contains("sso");
+        match self.kind {
+            ApiErrorKind::TargetNotConnected => Some(Remedy::TargetNotConnected),
+            ApiErrorKind::AccessDenied => Some(match code {
+                Some("UnrecognizedClientException" | "InvalidClientTokenId") => {
+                    Remedy::UnknownAccessKey
+                }
+                Some("InvalidSignatureException" | "SignatureDoesNotMatch") => Remedy::BadSignature,
+                Some("MissingAuthenticationToken") => Remedy::NoCredentials { profile: profile() },
+                _ => remedy::access_denied(&self.message, self.operation),
+            }),
+            ApiErrorKind::ExpiredToken if sso => Some(Remedy::SsoLogin { profile: profile() }),
+            ApiErrorKind::ExpiredToken => Some(Remedy::ExpiredToken { profile: profile() }),
+            ApiErrorKind::Throttling => Some(Remedy::Throttling),
+            ApiErrorKind::InvalidDocument => Some(Remedy::InvalidDocument),
+            ApiErrorKind::ServerError => Some(Remedy::ServerError),
+            ApiErrorKind::Credentials if sso => Some(Remedy::SsoLogin { profile: profile() }),
+            ApiErrorKind::Credentials if lower.contains("expired") => {
+                Some(Remedy::ExpiredToken { profile: profile() })
+            }
+            ApiErrorKind::Credentials
+                if [
+                    "no providers",
+                    "no credentials",
+                    "could not find",
+                    "not found",
+                ]
+                .iter()
+                .any(|n| lower.contains(n)) =>
+            {
+                Some(Remedy::NoCredentials { profile: profile() })
+            }
+            ApiErrorKind::Transport => {
+                Some(remedy::for_network_text(&self.message).unwrap_or(Remedy::Unreachable))
+            }
+            ApiErrorKind::Other => remedy::for_network_text(&self.message),
+            _ => None,
+        }
+    }
+
+    /// This error with `remedy` appended to the message (nothing when `None`), after
+    /// [`REMEDY_SEPARATOR`], so that every line that shows the error shows what to do.
+    pub(crate) fn with_remedy(mut self, remedy: Option<Remedy>) -> Self {
+        if let Some(remedy) = remedy {
+            self.message = format!("{}{REMEDY_SEPARATOR}{remedy}", self.message);
+        }
+        self
+    }
+
     /// Classifies an SDK error.
     pub(crate) fn from_sdk<E>(operation: &'static str, err: SdkError<E>) -> Self
     where
@@ -242,6 +307,99 @@ mod tests {
             ApiErrorKind::ExpiredToken
         );
         assert_eq!(ApiErrorKind::from_code("Whatever"), ApiErrorKind::Other);
+    }
+
+    fn coded(operation: &'static str, code: &str, message: &str) -> ApiError {
+        ApiError {
+            operation,
+            kind: ApiErrorKind::from_code(code),
+            code: Some(code.to_owned()),
+            message: message.to_owned(),
+        }
+    }
+
+    #[test]
+    fn every_common_failure_has_a_one_line_remedy() {
+        let cases = [
+            (
+                coded(
+                    "StartSession",
+                    "TargetNotConnected",
+                    "i-1 is not connected.",
+                ),
+                "describe-instance-information",
+            ),
+            (
+                coded(
+                    "StartSession",
+                    "AccessDeniedException",
+                    "User: arn:aws:iam::1:user/alice is not authorized to perform: \
+                     ssm:StartSession on resource: arn:aws:ssm:us-east-1::document/X",
+                ),
+                "allow ssm:StartSession for this IAM user",
+            ),
+            (
+                coded(
+                    "StartSession",
+                    "ExpiredTokenException",
+                    "The security token included in the request is expired",
+                ),
+                "aws sso login --profile prod",
+            ),
+            (
+                coded("StartSession", "ThrottlingException", "Rate exceeded"),
+                "backs off",
+            ),
+            (
+                coded(
+                    "StartSession",
+                    "InvalidDocument",
+                    "Document X does not exist",
+                ),
+                "document name",
+            ),
+            (
+                coded(
+                    "StartSession",
+                    "UnrecognizedClientException",
+                    "The security token included in the request is invalid.",
+                ),
+                "access key id",
+            ),
+            (
+                ApiError::new(
+                    "LoadCredentials",
+                    ApiErrorKind::Credentials,
+                    "the SSO token has expired and cannot be refreshed",
+                ),
+                "run `aws sso login --profile prod`",
+            ),
+            (
+                ApiError::new(
+                    "StartSession",
+                    ApiErrorKind::Transport,
+                    "dispatch failure: dns error: failed to lookup address information",
+                ),
+                "DNS",
+            ),
+            (
+                ApiError::new(
+                    "StartSession",
+                    ApiErrorKind::Transport,
+                    "io error: invalid peer certificate: UnknownIssuer",
+                ),
+                "trust store",
+            ),
+        ];
+        for (error, expected) in cases {
+            let remedy = error.remedy("prod");
+            let explained = error.clone().with_remedy(remedy).to_string();
+            assert!(explained.contains(REMEDY_SEPARATOR), "{explained}");
+            assert!(explained.contains(expected), "{explained}");
+            assert!(!explained.contains('\n'), "{explained}");
+        }
+        let gone = ApiError::new("ResumeSession", ApiErrorKind::DoesNotExist, "gone");
+        assert_eq!(gone.clone().with_remedy(gone.remedy("prod")), gone);
     }
 
     #[test]

@@ -12,8 +12,18 @@
 //!
 //! The SDK's own retries are kept small (2 attempts, short timeouts): the recovery policy — how
 //! long and how often to retry — lives in the runtime, which needs to see failures promptly.
+//!
+//! The network path is configurable per tunnel: an HTTP proxy (`proxy`, else the proxy
+//! variables; `transport::proxy`) carries both the SDK's calls and the data channel,
+//! `ssmmessages_endpoint` moves the data channel to a VPC interface endpoint ([`endpoint`]),
+//! `use_fips`/`use_dual_stack` select the SDK's endpoint variants, and a `tag:KEY=VALUE`
+//! target is resolved before every StartSession ([`targets`]). Every error these calls return
+//! carries its remedy (`crate::remedy`) after [`REMEDY_SEPARATOR`].
 
+mod endpoint;
 mod error;
+mod kms;
+mod targets;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -29,10 +39,14 @@ use aws_runtime::env_config::file::{
     EnvConfigFileKind as ProfileFileKind, EnvConfigFiles as ProfileFiles,
 };
 use aws_sdk_ssm::config::SharedHttpClient;
-use aws_smithy_http_client::Builder as HttpClientBuilder;
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use aws_smithy_http_client::{Builder as HttpClientBuilder, Connector};
 
-pub use error::{ApiError, ApiErrorKind};
+pub use endpoint::{EndpointError, MessagesEndpoint};
+pub use error::{ApiError, ApiErrorKind, REMEDY_SEPARATOR};
+pub use targets::{DocumentInfo, ManagedNode, Resolved, TAG_PREFIX, TagError, TagSelector};
+
+use crate::transport::proxy::{Proxies, ProxySource, ProxyUrl};
 
 use crate::transport::sign;
 
@@ -52,6 +66,17 @@ pub struct AwsSettings {
     /// `AWS_SHARED_CREDENTIALS_FILE`). Re-read on every API call, so rewriting it rotates the
     /// credentials of running tunnels.
     pub credentials_file: Option<PathBuf>,
+    /// HTTP proxy for the SDK's calls and the data channel (policy `proxy`); `None`: the
+    /// proxy variables (`HTTPS_PROXY` …). `NO_PROXY` applies either way.
+    pub proxy: Option<ProxyUrl>,
+    /// Where the data channel is dialled instead of the StreamUrl's host (a VPC interface
+    /// endpoint); the upgrade is still signed for `ssmmessages` in the region.
+    pub ssmmessages_endpoint: Option<MessagesEndpoint>,
+    /// FIPS endpoints for the SDK's calls; `None`: the SDK's own resolution
+    /// (`AWS_USE_FIPS_ENDPOINT`, the profile's `use_fips_endpoint`).
+    pub use_fips: Option<bool>,
+    /// Dual-stack (IPv6) endpoints for the SDK's calls; `None`: the SDK's own resolution.
+    pub use_dual_stack: Option<bool>,
 }
 
 /// A WebSocket upgrade request (the `http` type tungstenite uses).
@@ -135,27 +160,85 @@ pub struct SigningMaterial {
 pub struct SsmApi {
     settings: AwsSettings,
     http_client: SharedHttpClient,
+    proxies: Proxies,
 }
 
 impl fmt::Debug for SsmApi {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SsmApi")
             .field("settings", &self.settings)
+            .field("proxies", &self.proxies)
             .finish_non_exhaustive()
     }
 }
 
 impl SsmApi {
-    /// A client for `settings`. Does no I/O; configuration is loaded by each call.
+    /// A client for `settings`, its proxies resolved from `settings.proxy` or the
+    /// environment. Does no I/O; configuration is loaded by each call.
     pub fn new(settings: AwsSettings) -> Self {
+        let proxies = Proxies::from_env(settings.proxy.as_ref());
+        Self::with_proxies(settings, proxies)
+    }
+
+    /// A client for `settings` that reaches AWS through `proxies` (both the SDK's calls and,
+    /// through [`SsmApi::proxies`], the data channel).
+    pub fn with_proxies(settings: AwsSettings, proxies: Proxies) -> Self {
+        for ignored in proxies.ignored() {
+            tracing::warn!(target: "ssm_tether::aws", variable = %ignored,
+                "proxy variable ignored: connections it would carry go direct");
+        }
+        if proxies.source() != ProxySource::None {
+            tracing::debug!(target: "ssm_tether::aws", proxies = %proxies.describe(), "proxies");
+        }
+        let endpoint_is_http = settings
+            .endpoint_url
+            .as_deref()
+            .is_some_and(|url| url.starts_with("http://"));
         // rustls with ring: the SDK's default (aws-lc) costs minutes of C compilation.
-        let http_client = HttpClientBuilder::new()
-            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-            .build_https();
+        let http_client = match proxies.sdk_config(endpoint_is_http) {
+            None => HttpClientBuilder::new()
+                .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+                .build_https(),
+            Some(proxy) => {
+                HttpClientBuilder::new().build_with_connector_fn(move |settings, components| {
+                    let mut builder = Connector::builder().proxy_config(proxy.clone());
+                    builder.set_connector_settings(settings.cloned());
+                    if let Some(components) = components {
+                        builder.set_sleep_impl(components.sleep_impl());
+                    }
+                    builder
+                        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+                        .build()
+                })
+            }
+        };
         Self {
             settings,
             http_client,
+            proxies,
         }
+    }
+
+    /// The proxies this client's calls and the data channel go through.
+    pub fn proxies(&self) -> &Proxies {
+        &self.proxies
+    }
+
+    /// The profile remedies name: the configured one, `AWS_PROFILE`, or `default`.
+    pub fn profile_name(&self) -> String {
+        crate::remedy::profile_name(self.settings.profile.as_deref())
+    }
+
+    /// `err` with its remedy appended.
+    pub(crate) fn explain(&self, err: ApiError) -> ApiError {
+        let remedy = err.remedy(&self.profile_name()).map(|remedy| match remedy {
+            // The proxy answered 407 although it was given credentials: they are wrong.
+            crate::remedy::Remedy::ProxyAuthRequired if self.proxies.has_credentials() => {
+                crate::remedy::Remedy::ProxyAuthRejected
+            }
+            other => other,
+        });
+        err.with_remedy(remedy)
     }
 
     /// The settings this client was built with.
@@ -183,6 +266,12 @@ impl SsmApi {
         }
         if let Some(files) = self.profile_files() {
             loader = loader.profile_files(files);
+        }
+        if let Some(fips) = self.settings.use_fips {
+            loader = loader.use_fips(fips);
+        }
+        if let Some(dual_stack) = self.settings.use_dual_stack {
+            loader = loader.use_dual_stack(dual_stack);
         }
         let config = loader.load().await;
         if config.region().is_none() {
@@ -227,13 +316,15 @@ impl SsmApi {
         Ok(aws_sdk_ssm::Client::from_conf(builder.build()))
     }
 
-    /// StartSession for `target` with a session document and its parameters.
+    /// StartSession for `target` with a session document and its parameters. A
+    /// `tag:KEY=VALUE` target is resolved first, on every call ([`SsmApi::resolve_tag`]).
     ///
     /// # Errors
     /// [`ApiError`] with kind e.g. [`ApiErrorKind::TargetNotConnected`],
     /// [`ApiErrorKind::InvalidDocument`], [`ApiErrorKind::AccessDenied`],
     /// [`ApiErrorKind::Credentials`], [`ApiErrorKind::Transport`]; [`ApiErrorKind::Other`] if the
-    /// response lacks `SessionId`, `TokenValue` or `StreamUrl`.
+    /// response lacks `SessionId`, `TokenValue` or `StreamUrl`. The message ends with the
+    /// remedy.
     pub async fn start_session(
         &self,
         target: &str,
@@ -242,7 +333,22 @@ impl SsmApi {
         reason: Option<&str>,
     ) -> Result<SessionGrant, ApiError> {
         const OP: &str = "StartSession";
-        let client = self.client().await?;
+        let resolved;
+        let target = match TagSelector::parse(target) {
+            Ok(None) => target,
+            Ok(Some(selector)) => {
+                resolved = self.resolve_tag(&selector).await?;
+                resolved.instance_id.as_str()
+            }
+            Err(err) => {
+                return Err(ApiError::new(
+                    OP,
+                    ApiErrorKind::Configuration,
+                    format!("target {target:?} {err}"),
+                ));
+            }
+        };
+        let client = self.client().await.map_err(|e| self.explain(e))?;
         let parameters: HashMap<String, Vec<String>> = parameters
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
@@ -255,7 +361,7 @@ impl SsmApi {
             .set_reason(reason.map(str::to_owned))
             .send()
             .await
-            .map_err(|e| ApiError::from_sdk(OP, e))?;
+            .map_err(|e| self.explain(ApiError::from_sdk(OP, e)))?;
         let missing = |field: &str| {
             ApiError::new(OP, ApiErrorKind::Other, format!("response has no {field}"))
         };
@@ -277,13 +383,13 @@ impl SsmApi {
     /// [`ApiError`]; [`ApiError::is_session_gone`] tells when a restart is needed.
     pub async fn resume_session(&self, session_id: &str) -> Result<Option<SessionGrant>, ApiError> {
         const OP: &str = "ResumeSession";
-        let client = self.client().await?;
+        let client = self.client().await.map_err(|e| self.explain(e))?;
         let output = client
             .resume_session()
             .session_id(session_id)
             .send()
             .await
-            .map_err(|e| ApiError::from_sdk(OP, e))?;
+            .map_err(|e| self.explain(ApiError::from_sdk(OP, e)))?;
         let Some(token_value) = non_empty(output.token_value()) else {
             tracing::debug!(target: "ssm_tether::aws", session_id, "ResumeSession returned no token");
             return Ok(None);
@@ -304,13 +410,13 @@ impl SsmApi {
     /// [`ApiErrorKind::DoesNotExist`]; callers shutting down may ignore that).
     pub async fn terminate_session(&self, session_id: &str) -> Result<(), ApiError> {
         const OP: &str = "TerminateSession";
-        let client = self.client().await?;
+        let client = self.client().await.map_err(|e| self.explain(e))?;
         client
             .terminate_session()
             .session_id(session_id)
             .send()
             .await
-            .map_err(|e| ApiError::from_sdk(OP, e))?;
+            .map_err(|e| self.explain(ApiError::from_sdk(OP, e)))?;
         tracing::debug!(target: "ssm_tether::aws", session_id, "TerminateSession ok");
         Ok(())
     }
@@ -322,7 +428,7 @@ impl SsmApi {
     /// [`ApiErrorKind::Configuration`] if no region is configured.
     pub async fn credentials(&self) -> Result<Credentials, ApiError> {
         let config = self.load().await?;
-        provide(&config).await
+        provide(&config).await.map_err(|e| self.explain(e))
     }
 
     /// The resolved region (policy setting, else `AWS_REGION`, the profile …), needed to sign
@@ -352,7 +458,7 @@ impl SsmApi {
             .region()
             .map(|r| r.as_ref().to_owned())
             .unwrap_or_default();
-        let credentials = provide(&config).await?;
+        let credentials = provide(&config).await.map_err(|e| self.explain(e))?;
         Ok(SigningMaterial {
             region,
             credentials,
@@ -362,12 +468,29 @@ impl SsmApi {
     /// The WebSocket upgrade request for `stream_url`: SigV4-signed (service `ssmmessages`) with
     /// freshly loaded credentials and the resolved region at the current time, or unsigned if
     /// the URL is presigned (then no credentials are loaded). Ready for
-    /// `tokio_tungstenite::connect_async`.
+    /// `tokio_tungstenite::connect_async`. With `ssmmessages_endpoint` set, the URL's host
+    /// (and scheme, if the endpoint names one) is that endpoint's, and the signature covers it.
     ///
     /// # Errors
     /// As [`SsmApi::signing_material`]; a malformed URL or a signing failure is reported with
     /// operation `SignUpgrade` and kind [`ApiErrorKind::Other`] (the URL is never quoted).
     pub async fn upgrade_request(&self, stream_url: &str) -> Result<UpgradeRequest, ApiError> {
+        let rewritten;
+        let stream_url = match &self.settings.ssmmessages_endpoint {
+            None => stream_url,
+            Some(endpoint) => {
+                rewritten = endpoint.rewrite(stream_url).map_err(|e| {
+                    ApiError::new(
+                        "SignUpgrade",
+                        ApiErrorKind::Other,
+                        format!("the StreamUrl {e}"),
+                    )
+                })?;
+                tracing::debug!(target: "ssm_tether::aws", %endpoint,
+                    url = %redact_url(&rewritten), "data channel via ssmmessages_endpoint");
+                rewritten.as_str()
+            }
+        };
         let to_api =
             |e: sign::SignError| ApiError::new("SignUpgrade", ApiErrorKind::Other, e.to_string());
         if sign::is_presigned_url(stream_url) {

@@ -105,6 +105,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         endpoint_url: Some(emulator.endpoint_url()),
         config_file: Some(config_file),
         credentials_file: Some(credentials_file),
+        ..AwsSettings::default()
     };
     spec.transport.ping_interval = Duration::from_secs(2);
     spec.transport.pong_timeout = Duration::from_secs(5);

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod check;
+mod control;
 #[cfg(feature = "emulator")]
 mod demo;
 pub(crate) mod drop_in;
@@ -39,11 +40,26 @@ enum Command {
     Run {
         /// The policy file (TOML), e.g. examples/tunnels.toml.
         policy: PathBuf,
+        /// The control socket `status` and `reload` talk to. Default:
+        /// $XDG_RUNTIME_DIR/ssm-tether/NAME-HASH.sock, or .NAME.sock next to the policy file.
+        #[arg(long, value_name = "PATH")]
+        control: Option<PathBuf>,
     },
+    /// Show the tunnels of a running `ssm-tether run`: state and since when, sessions,
+    /// resumes, restarts, connections, bytes, last outage, plugin health.
+    Status(control::StatusArgs),
+    /// Reload the plugins of a running `ssm-tether run`, as SIGHUP does, and print the
+    /// outcome.
+    Reload(control::Target),
     /// Validate a policy file without connecting; errors name file, line, field and value.
     Check {
         /// The policy file (TOML).
         policy: PathBuf,
+        /// Also call AWS once per tunnel (read-only: DescribeInstanceInformation, GetDocument)
+        /// to prove its credentials, target and document; each failure is one line with its
+        /// remedy, and any failure exits 1.
+        #[arg(long)]
+        online: bool,
     },
     /// Watch a tunnel survive compressed hourly recycling, stale cells and a service-side
     /// termination, against the built-in emulator (no AWS account needed).
@@ -79,8 +95,10 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         die_quietly_on_closed_stdout();
     }
     match cli.command {
-        Command::Run { policy } => run::run(&policy),
-        Command::Check { policy } => check::run(&policy),
+        Command::Run { policy, control } => run::run(&policy, control.as_deref()),
+        Command::Status(args) => control::status(&args),
+        Command::Reload(target) => control::reload(&target),
+        Command::Check { policy, online } => check::run(&policy, online),
         #[cfg(feature = "emulator")]
         Command::Demo(args) => demo::run(args),
         Command::Frame(command) => frame::run(command),
@@ -98,7 +116,12 @@ impl Command {
     /// away (`… | head -1`) should end it quietly, not with a panic.
     fn prints_and_exits(&self) -> bool {
         match self {
-            Self::Check { .. } | Self::Frame(_) | Self::Plugin(_) | Self::InstallPlugin(_) => true,
+            Self::Check { .. }
+            | Self::Frame(_)
+            | Self::Plugin(_)
+            | Self::InstallPlugin(_)
+            | Self::Status(_)
+            | Self::Reload(_) => true,
             // They keep tunnels (or an emulator) up: a closed log reader must not end them,
             // and stdout of a stream session is the stream (a write error ends it cleanly).
             Self::Run { .. } | Self::SessionManagerPlugin { .. } | Self::SshProxy(_) => false,

@@ -109,4 +109,7 @@ pub struct TunnelStatus {
     pub retransmitted: u64,
     /// Duplicate messages received from the agent (current sessions).
     pub duplicates_received: u64,
+    /// The exit code a non-interactive command's agent reported (`EXIT_CODE: n`), for a
+    /// shell tunnel; interactive shells never report one.
+    pub remote_exit_code: Option<i32>,
 }

@@ -24,9 +24,19 @@
 //!
 //! Top level: `[defaults]` (optional table) and `[[tunnel]]` (one or more tables).
 //!
+//! `[metrics]` (optional table, top level): serve `GET /metrics` (Prometheus text format),
+//! `GET /healthz` and `GET /readyz` over HTTP ([`MetricsSettings`]).
+//! * `listen` (default `"127.0.0.1:9464"`): `"IP:PORT"`, `"[IPv6]:PORT"`, `"localhost:PORT"`
+//!   or a bare port; port 0 picks a free port (logged). Non-loopback addresses need
+//!   `allow_non_loopback = true` in the same table: the endpoints need no credentials.
+//! * `allow_non_loopback` (default `false`): see `listen`.
+//!
 //! In `[[tunnel]]` only:
 //! * `name` (required): unique, `[A-Za-z0-9_.-]+`; names the tunnel in logs and events.
-//! * `target` (required): the managed node, `i-…`, `mi-…` or an ECS target `ecs:…`.
+//! * `target` (required): the managed node, `i-…`, `mi-…` or an ECS target `ecs:…`; or
+//!   `tag:KEY=VALUE`: the online managed node with that tag (the lowest instance id of several),
+//!   looked up again before every StartSession (never for a resume), so that a replaced
+//!   bastion is found again (`aws::TagSelector`).
 //! * `remote_port` (required): 1–65535, the port on the target (or on `remote_host`).
 //! * `remote_host` (optional): a host name or IP resolved *by the agent*; selects the document
 //!   `AWS-StartPortForwardingSessionToRemoteHost` instead of `AWS-StartPortForwardingSession`.
@@ -47,7 +57,18 @@
 //!   this way. Default: the region's public endpoint. Plain `http://` only to this machine
 //!   (loopback), unless `allow_insecure_endpoint = true`: the session token would cross the
 //!   network unencrypted.
-//! * `allow_insecure_endpoint` (default `false`): see `endpoint_url`.
+//! * `allow_insecure_endpoint` (default `false`): see `endpoint_url` and
+//!   `ssmmessages_endpoint`.
+//! * `proxy` (default: the proxy variables, `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, lowercase
+//!   first): `"http://[user:password@]host[:port]"`, the HTTP proxy for the SDK's calls and the
+//!   data channel (`CONNECT`). `NO_PROXY` applies either way. Errors never quote the value
+//!   (`transport::proxy`).
+//! * `ssmmessages_endpoint` (default: the StreamUrl's host): `"HOST"`, `"HOST:PORT"` or
+//!   `"wss://HOST[:PORT]"`, where the data channel is dialled instead (a VPC interface
+//!   endpoint); the upgrade is signed for that host, service `ssmmessages`. `ws://` only to
+//!   loopback unless `allow_insecure_endpoint`.
+//! * `use_fips`, `use_dual_stack` (default: the SDK's resolution): FIPS / dual-stack endpoints
+//!   for the SDK's calls.
 //!
 //! Every duration is at most 30 days; the file itself at most 1 MiB, and a warning says so
 //! when the policy file or a plugin file is writable by group or others.
@@ -174,14 +195,29 @@ pub const MAX_SLOW_READER_BUFFER: u64 = 4 << 30;
 pub struct Policy {
     /// The tunnels, in file order, with defaults already merged. Never empty.
     pub tunnels: Vec<TunnelSpec>,
+    /// The `[metrics]` table: where to serve metrics and health endpoints; `None`: nowhere.
+    pub metrics: Option<MetricsSettings>,
 }
+
+/// Where `/metrics`, `/healthz` and `/readyz` are served (`[metrics]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// The TCP address to listen on: loopback unless `allow_non_loopback` was set; port 0
+    /// picks a free port.
+    pub listen: SocketAddr,
+}
+
+/// Built-in `[metrics] listen`: loopback, the port conventionally free for exporters.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9464);
 
 /// One tunnel with every setting resolved (tunnel value > `[defaults]` > built-in default).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TunnelSpec {
     /// Unique name, `[A-Za-z0-9_.-]+`.
     pub name: String,
-    /// The SSM target: `i-…`, `mi-…` or `ecs:…`.
+    /// The SSM target: `i-…`, `mi-…`, `ecs:…`, or `tag:KEY=VALUE` (resolved before every
+    /// StartSession).
     pub target: String,
     /// Port on the target, or on `remote_host` if set.
     pub remote_port: u16,

@@ -25,6 +25,8 @@ use super::{
     TunnelPluginSpecs, TunnelSpec,
 };
 
+mod metrics;
+mod network;
 mod plugins;
 
 type Result<T> = std::result::Result<T, PolicyError>;
@@ -33,7 +35,7 @@ type Result<T> = std::result::Result<T, PolicyError>;
 /// that adding it to a clock reading can never overflow.
 const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
-const ROOT_KEYS: &[&str] = &["defaults", "tunnel"];
+const ROOT_KEYS: &[&str] = &["defaults", "tunnel", "metrics"];
 /// Keys valid in both `[defaults]` and `[[tunnel]]`.
 const SHARED_KEYS: &[&str] = &[
     "region",
@@ -55,6 +57,10 @@ const SHARED_KEYS: &[&str] = &[
     "reconnect",
     "health_check",
     "hook",
+    "proxy",
+    "ssmmessages_endpoint",
+    "use_fips",
+    "use_dual_stack",
 ];
 /// Keys valid only in `[[tunnel]]`.
 const TUNNEL_ONLY_KEYS: &[&str] = &[
@@ -134,9 +140,11 @@ pub(super) fn parse(source_name: &str, text: &str) -> Result<Policy> {
         tunnels.push(read_tunnel(&reader, &defaults)?);
     }
     check_conflicts(&src, &tunnels)?;
+    let metrics = metrics::read_metrics(&root, &tunnels)?;
 
     Ok(Policy {
         tunnels: tunnels.into_iter().map(|t| t.spec).collect(),
+        metrics,
     })
 }
 
@@ -180,6 +188,7 @@ struct Layer {
     slow_reader_tunnel_buffer: Option<Sourced<u64>>,
     slow_reader_timeout: Option<Sourced<Duration>>,
     plugins: plugins::PluginLayer,
+    network: network::NetworkLayer,
 }
 
 #[derive(Debug, Default)]
@@ -606,6 +615,7 @@ fn read_layer(table: &TableReader<'_, '_, '_>) -> Result<Layer> {
         slow_reader_tunnel_buffer: table.size("slow_reader_tunnel_buffer", buffers)?,
         slow_reader_timeout: table.duration("slow_reader_timeout", false)?,
         plugins: plugins::read_plugins(table)?,
+        network: network::read_network(table)?,
     })
 }
 
@@ -698,7 +708,9 @@ fn read_tunnel(table: &TableReader<'_, '_, '_>, defaults: &Layer) -> Result<Pars
             "a target (an instance id such as i-0123456789abcdef0)",
         )
     })?;
-    if !is_target(&target.value) {
+    if target.value.starts_with(crate::aws::TAG_PREFIX) {
+        network::check_tag_target(src, &target)?;
+    } else if !is_target(&target.value) {
         return Err(src.bad_value(
             &target.span,
             &target.field,
@@ -763,7 +775,12 @@ fn read_tunnel(table: &TableReader<'_, '_, '_>, defaults: &Layer) -> Result<Pars
              address, or set allow_insecure_endpoint = true",
         ));
     }
+    let network = network::merge(src, &layer.network, &defaults.network, allow_insecure)?;
     let aws = AwsSettings {
+        proxy: network.proxy,
+        ssmmessages_endpoint: network.ssmmessages_endpoint,
+        use_fips: network.use_fips,
+        use_dual_stack: network.use_dual_stack,
         region: pick(&layer.region, &defaults.region).map(|s| s.value.clone()),
         profile: pick(&layer.profile, &defaults.profile).map(|s| s.value.clone()),
         endpoint_url: pick(&layer.endpoint_url, &defaults.endpoint_url).map(|s| s.value.clone()),

@@ -1,5 +1,6 @@
-//! Opening a data-channel WebSocket: the (signed) upgrade, then the OpenDataChannel text frame
-//! before any binary frame (docs/protocol.md §4.1, fixing §13 #10).
+//! Opening a data-channel WebSocket: TCP to the StreamUrl's host, directly or through an HTTP
+//! proxy's `CONNECT` ([`super::proxy`]), TLS for `wss://`, the (signed) upgrade, then the
+//! OpenDataChannel text frame before any binary frame (docs/protocol.md §4.1, fixing §13 #10).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -11,24 +12,27 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
+use super::proxy::{self, Proxies, Route};
 use crate::channel::MAX_FRAME_LEN;
 use crate::protocol::payload::OpenDataChannel;
+use crate::remedy::Remedy;
 use crate::version::CLIENT_VERSION;
 
 /// An open data-channel WebSocket.
 pub type DataSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Why a data channel could not be opened. Never contains the token or a signed URL.
+/// Why a data channel could not be opened. Never contains the token, a signed URL or a
+/// proxy's credentials. Network failures carry their remedy in their text.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
     /// The upgrade did not complete in time.
-    #[error("WebSocket upgrade timed out after {0:?}")]
+    #[error("WebSocket upgrade timed out after {0:?} ({remedy})", remedy = Remedy::Unreachable)]
     Timeout(Duration),
     /// The server answered the upgrade with an HTTP error (e.g. 403 for a stale cell).
     #[error("WebSocket upgrade refused: HTTP {0}")]
     Refused(u16),
     /// The connection or the upgrade failed.
-    #[error("WebSocket connect failed: {0}")]
+    #[error("WebSocket connect failed: {0}{suffix}", suffix = remedy_suffix(.0))]
     Failed(String),
     /// The OpenDataChannel frame could not be written.
     #[error("could not send the OpenDataChannel frame: {0}")]
@@ -36,6 +40,35 @@ pub enum ConnectError {
     /// No trusted root certificate could be loaded for `wss://`.
     #[error("no trusted root certificates for TLS: {0}")]
     NoRootCertificates(String),
+    /// The StreamUrl's host name could not be resolved.
+    #[error("cannot resolve {host}: {detail} ({remedy})", remedy = Remedy::Dns)]
+    Resolve {
+        /// The host name.
+        host: String,
+        /// The resolver's answer.
+        detail: String,
+    },
+    /// No TCP connection to the host (or to the proxy) could be opened.
+    #[error("cannot connect to {target}: {detail} ({remedy})", remedy = Remedy::Unreachable)]
+    Unreachable {
+        /// `host:port`.
+        target: String,
+        /// The last connection error.
+        detail: String,
+    },
+    /// The proxy could not be used: unreachable, refused the tunnel or the credentials.
+    #[error("{0} ({remedy})", remedy = .0.remedy())]
+    Proxy(proxy::TunnelError),
+    /// A proxy is configured that the data channel cannot use.
+    #[error("{0} ({remedy})", remedy = Remedy::Proxy)]
+    ProxyUnsupported(String),
+}
+
+/// ` (remedy)` when the failure's text is recognised.
+fn remedy_suffix(text: &str) -> String {
+    crate::remedy::for_network_text(text)
+        .map(|remedy| format!(" ({remedy})"))
+        .unwrap_or_default()
 }
 
 /// The TLS configuration for `wss://` data channels, built once: rustls with the *ring*
@@ -93,12 +126,31 @@ impl Default for ClientIdentity {
     }
 }
 
-/// Opens the WebSocket with `request` (the StreamUrl, signed if needed) and sends the
-/// OpenDataChannel frame carrying `token`.
+/// Opens the WebSocket with `request` (the StreamUrl, signed if needed) directly, and sends
+/// the OpenDataChannel frame carrying `token`. See [`open_via`].
 ///
 /// # Errors
-/// Timeout, HTTP refusal (with its status), connection failure, or the frame not written.
+/// As [`open_via`].
 pub async fn open(
+    request: impl IntoClientRequest + Unpin,
+    token: &str,
+    identity: &ClientIdentity,
+    timeout: Duration,
+) -> Result<DataSocket, ConnectError> {
+    open_via(&Proxies::none(), request, token, identity, timeout).await
+}
+
+/// Opens the WebSocket with `request` (the StreamUrl, signed if needed) over a TCP connection
+/// that `proxies` routes (directly, or through an HTTP proxy's `CONNECT`), with TLS for
+/// `wss://` (the operating system's roots, the same whether proxied or not), and sends the
+/// OpenDataChannel frame carrying `token`. Everything up to the written frame is bounded by
+/// `timeout`.
+///
+/// # Errors
+/// Timeout, HTTP refusal (with its status), name resolution, connection or proxy failure
+/// (each with its remedy), TLS or upgrade failure, or the frame not written.
+pub async fn open_via(
+    proxies: &Proxies,
     request: impl IntoClientRequest + Unpin,
     token: &str,
     identity: &ClientIdentity,
@@ -107,25 +159,47 @@ pub async fn open(
     let request = request
         .into_client_request()
         .map_err(|err| ConnectError::Failed(err.to_string()))?;
-    let connector = match request.uri().scheme_str() {
-        Some("wss") => Connector::Rustls(tls_config()?),
-        _ => Connector::Plain,
+    let secure = match request.uri().scheme_str() {
+        Some("wss") => true,
+        Some("ws") => false,
+        _ => return Err(ConnectError::Failed("not a ws:// or wss:// URL".to_owned())),
     };
-    let config = socket_config();
-    let connect = tokio_tungstenite::connect_async_tls_with_config(
-        request,
-        Some(config),
-        true,
-        Some(connector),
-    );
-    let (mut socket, _response) = match tokio::time::timeout(timeout, connect).await {
-        Err(_) => return Err(ConnectError::Timeout(timeout)),
-        Ok(Err(tungstenite::Error::Http(response))) => {
-            return Err(ConnectError::Refused(response.status().as_u16()));
+    let host = request
+        .uri()
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| ConnectError::Failed("the URL has no host".to_owned()))?
+        .to_owned();
+    let port = request
+        .uri()
+        .port_u16()
+        .unwrap_or(if secure { 443 } else { 80 });
+    let connector = if secure {
+        Connector::Rustls(tls_config()?)
+    } else {
+        Connector::Plain
+    };
+    let upgrade = async {
+        let tcp = dial(proxies, secure, &host, port).await?;
+        let upgraded = tokio_tungstenite::client_async_tls_with_config(
+            request,
+            tcp,
+            Some(socket_config()),
+            Some(connector),
+        )
+        .await;
+        match upgraded {
+            Err(tungstenite::Error::Http(response)) => {
+                Err(ConnectError::Refused(response.status().as_u16()))
+            }
+            // Display of tungstenite errors names the failure, not the URL.
+            Err(err) => Err(ConnectError::Failed(err.to_string())),
+            Ok((socket, _response)) => Ok(socket),
         }
-        // Display of tungstenite errors names the failure, not the URL.
-        Ok(Err(err)) => return Err(ConnectError::Failed(err.to_string())),
-        Ok(Ok(pair)) => pair,
+    };
+    let mut socket = match tokio::time::timeout(timeout, upgrade).await {
+        Err(_) => return Err(ConnectError::Timeout(timeout)),
+        Ok(result) => result?,
     };
     let frame = OpenDataChannel {
         message_schema_version: OpenDataChannel::SCHEMA_VERSION.to_owned(),
@@ -141,6 +215,73 @@ pub async fn open(
         Ok(Err(err)) => Err(ConnectError::OpenFrame(err.to_string())),
         Ok(Ok(())) => Ok(socket),
     }
+}
+
+/// A TCP connection to `host:port`, directly or through the proxy `proxies` picks, with
+/// `TCP_NODELAY` (frames are small and latency matters).
+async fn dial(
+    proxies: &Proxies,
+    secure: bool,
+    host: &str,
+    port: u16,
+) -> Result<TcpStream, ConnectError> {
+    let stream = match proxies.route(secure, host, port) {
+        Route::Direct => connect_tcp(host, port).await?,
+        Route::Unsupported(why) => return Err(ConnectError::ProxyUnsupported(why)),
+        Route::Proxy(hop) => {
+            tracing::debug!(target: "ssm_tether::transport", proxy = %hop.shown, host, port,
+                "data channel through a proxy");
+            let mut stream = connect_tcp(&hop.host, hop.port).await.map_err(|err| {
+                ConnectError::Proxy(proxy::TunnelError::Io {
+                    proxy: hop.shown.clone(),
+                    detail: match err {
+                        ConnectError::Resolve { detail, .. } => {
+                            format!("cannot resolve the proxy's host: {detail}")
+                        }
+                        ConnectError::Unreachable { detail, .. } => {
+                            format!("cannot connect: {detail}")
+                        }
+                        other => other.to_string(),
+                    },
+                })
+            })?;
+            proxy::connect_tunnel(&mut stream, &hop, host, port)
+                .await
+                .map_err(ConnectError::Proxy)?;
+            stream
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Resolves `host` and connects to its addresses in turn; resolution and connection failures
+/// are told apart, since their remedies differ.
+async fn connect_tcp(host: &str, port: u16) -> Result<TcpStream, ConnectError> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<_> = tokio::net::lookup_host((bare, port))
+        .await
+        .map_err(|err| ConnectError::Resolve {
+            host: bare.to_owned(),
+            detail: err.to_string(),
+        })?
+        .collect();
+    let target = if bare.contains(':') {
+        format!("[{bare}]:{port}")
+    } else {
+        format!("{bare}:{port}")
+    };
+    let mut last = format!("{bare} has no address");
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(err) => last = err.to_string(),
+        }
+    }
+    Err(ConnectError::Unreachable {
+        target,
+        detail: last,
+    })
 }
 
 #[cfg(test)]
@@ -233,6 +374,7 @@ mod tests {
         .expect_err("nothing listens");
         let text = err.to_string();
         assert!(!text.contains("not compiled"), "{text}");
-        assert!(matches!(err, ConnectError::Failed(_)), "{text}");
+        assert!(matches!(err, ConnectError::Unreachable { .. }), "{text}");
+        assert!(text.contains("firewall"), "the remedy: {text}");
     }
 }

@@ -4,12 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use crate::aws::{ApiError, SessionGrant, SsmApi, UpgradeRequest};
+use crate::aws::{ApiError, ApiErrorKind, SessionGrant, SsmApi, UpgradeRequest};
+use crate::transport::proxy::Proxies;
+use crate::tunnel::core::encryption::DataKey;
 
 /// What StartSession is called with, for every session of a tunnel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StartRequest {
-    /// The target (instance id).
+    /// The target: an instance id, or `tag:KEY=VALUE` (resolved by [`SsmApi`] on every call).
     pub target: String,
     /// The SSM document, e.g. `AWS-StartPortForwardingSession`.
     pub document_name: String,
@@ -44,6 +46,31 @@ pub trait SessionApi: Send + Sync + 'static {
         &self,
         stream_url: &str,
     ) -> impl Future<Output = Result<UpgradeRequest, ApiError>> + Send;
+
+    /// The proxies the data channel is opened through. By default the process's proxy
+    /// variables (`HTTPS_PROXY`, `NO_PROXY` …, read once); [`SsmApi`] uses its settings'
+    /// `proxy` when set.
+    fn proxies(&self) -> Proxies {
+        static FROM_ENV: std::sync::OnceLock<Proxies> = std::sync::OnceLock::new();
+        FROM_ENV.get_or_init(|| Proxies::from_env(None)).clone()
+    }
+
+    /// KMS GenerateDataKey for a shell session the account encrypts: 64 bytes under
+    /// `key_id`, bound to `context`. Without KMS (the default), such sessions cannot start.
+    fn generate_data_key(
+        &self,
+        key_id: &str,
+        context: &[(String, String)],
+    ) -> impl Future<Output = Result<DataKey, ApiError>> + Send {
+        let _ = (key_id, context);
+        async {
+            Err(ApiError::new(
+                "GenerateDataKey",
+                ApiErrorKind::Other,
+                "this tunnel has no KMS access",
+            ))
+        }
+    }
 }
 
 impl SessionApi for SsmApi {
@@ -68,5 +95,17 @@ impl SessionApi for SsmApi {
 
     async fn upgrade_request(&self, stream_url: &str) -> Result<UpgradeRequest, ApiError> {
         SsmApi::upgrade_request(self, stream_url).await
+    }
+
+    fn proxies(&self) -> Proxies {
+        SsmApi::proxies(self).clone()
+    }
+
+    async fn generate_data_key(
+        &self,
+        key_id: &str,
+        context: &[(String, String)],
+    ) -> Result<DataKey, ApiError> {
+        SsmApi::generate_data_key(self, key_id, context).await
     }
 }

@@ -37,7 +37,8 @@ pub use shell::LiveSessions;
 pub struct TunnelConfig {
     /// Name, for events and logs.
     pub name: String,
-    /// The StartSession target (instance id).
+    /// The StartSession target: an instance id, or `tag:KEY=VALUE`, which [`crate::aws::SsmApi`]
+    /// resolves anew for every StartSession (never for a resume).
     pub target: String,
     /// The SSM document, e.g. `AWS-StartPortForwardingSession`.
     pub document_name: String,
@@ -47,6 +48,9 @@ pub struct TunnelConfig {
     pub reason: Option<String>,
     /// Where to accept connections; a TCP port 0 picks a free port.
     pub local: LocalAddress,
+    /// What the document starts: port forwarding, or a shell (whose local end is
+    /// [`LocalAddress::Stdio`], the terminal).
+    pub kind: core::handshake::SessionKind,
     /// Sessions to stripe over (1–16).
     pub sessions: u8,
     /// Make-before-break rotation ahead of the maximum session duration.
@@ -99,6 +103,7 @@ impl TunnelConfig {
             parameters: start.parameters,
             reason: start.reason,
             local,
+            kind: core::handshake::SessionKind::Port,
             sessions: 1,
             rotation: None,
             slow_reader: SlowReaderSettings::default(),
@@ -147,6 +152,8 @@ impl TunnelConfig {
             smux_keepalive: self.smux_keepalive,
             seed: self.seed,
             single_stream: self.local.is_stream(),
+            kind: self.kind,
+            target: self.target.clone(),
             terminate_budget: TERMINATE_BUDGET,
             ..CoreConfig::default()
         }
@@ -165,6 +172,18 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(45);
 /// flight (each at most [`CALL_TIMEOUT`]) and for every TerminateSession call, credential
 /// loading included, before it gives up and names the sessions that may remain.
 pub const TERMINATE_BUDGET: Duration = Duration::from_secs(60);
+
+/// Reports the local terminal's size to a shell tunnel ([`Tunnel::resizer`]).
+#[derive(Clone, Debug)]
+pub struct Resizer(mpsc::Sender<(u16, u16)>);
+
+impl Resizer {
+    /// The terminal now has `cols` × `rows`.
+    pub fn resize(&self, cols: u16, rows: u16) {
+        // Full means sizes are already waiting; the next change sends the latest one.
+        let _ = self.0.try_send((cols, rows));
+    }
+}
 
 /// Why a tunnel stopped on its own.
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +230,7 @@ pub struct Tunnel {
     live: LiveSessions,
     /// A stream local end: resolves once its output is written.
     flushed: Option<tokio::sync::oneshot::Receiver<()>>,
+    resize: mpsc::Sender<(u16, u16)>,
 }
 
 impl Tunnel {
@@ -245,6 +265,7 @@ impl Tunnel {
         let (status_tx, status) = watch::channel(TunnelStatus::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (probe_tx, probe_failures) = mpsc::channel(8);
+        let (resize_tx, resize) = mpsc::channel(8);
         config
             .plugins
             .borrow()
@@ -296,6 +317,7 @@ impl Tunnel {
                 },
                 shell::Inlets {
                     accepted,
+                    resize,
                     probe_failures,
                     plugins: config.plugins.clone(),
                     shutdown: shutdown_rx,
@@ -319,7 +341,19 @@ impl Tunnel {
             acceptor,
             live,
             flushed,
+            resize: resize_tx,
         })
+    }
+
+    /// The local terminal now has `cols` × `rows`: a shell tunnel's session is told (now, or
+    /// as soon as it forwards). Other tunnels ignore it.
+    pub fn resize(&self, cols: u16, rows: u16) {
+        self.resizer().resize(cols, rows);
+    }
+
+    /// A handle that reports terminal sizes to this tunnel from anywhere (a signal task).
+    pub fn resizer(&self) -> Resizer {
+        Resizer(self.resize.clone())
     }
 
     /// The sessions this tunnel started and has not seen terminated: what may remain at the

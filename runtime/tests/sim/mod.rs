@@ -558,6 +558,8 @@ impl Pair {
                 self.core.handle_local_written(conn, len, now);
             }
             Action::CloseLocal { .. } => {}
+            // The simulated sessions are port sessions: no shells, no KMS.
+            Action::GenerateDataKey { .. } | Action::WriteStderr { .. } => {}
         }
     }
 }

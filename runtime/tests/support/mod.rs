@@ -62,6 +62,7 @@ impl AwsFiles {
             endpoint_url: Some(endpoint_url),
             config_file: Some(self.dir.path().join("config")),
             credentials_file: Some(self.credentials()),
+            ..AwsSettings::default()
         })
     }
 }

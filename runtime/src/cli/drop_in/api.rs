@@ -5,6 +5,7 @@
 use std::sync::Mutex;
 
 use ssm_tether::aws::{ApiError, SessionGrant, SsmApi, UpgradeRequest};
+use ssm_tether::tunnel::core::encryption::DataKey;
 use ssm_tether::tunnel::{SessionApi, StartRequest};
 
 /// [`SsmApi`] whose first StartSession returns the session the AWS CLI started.
@@ -49,5 +50,13 @@ impl SessionApi for CliStartedApi {
 
     async fn upgrade_request(&self, stream_url: &str) -> Result<UpgradeRequest, ApiError> {
         self.inner.upgrade_request(stream_url).await
+    }
+
+    async fn generate_data_key(
+        &self,
+        key_id: &str,
+        context: &[(String, String)],
+    ) -> Result<DataKey, ApiError> {
+        self.inner.generate_data_key(key_id, context).await
     }
 }

@@ -6,8 +6,9 @@
 //! listener has to be bound before the first connection arrives, so this reads the same
 //! decision from the request: the AWS port-forwarding documents and every document given a
 //! `localPortNumber` (or a Unix socket) are listeners, the AWS shell documents are shells,
-//! and any other document is a Port session over stdin/stdout. If the handshake then says
-//! the document starts a shell after all, the tunnel ends with a line that says so.
+//! `AWS-StartSSHSession` and documents given a `portNumber` are Port streams over
+//! stdin/stdout, and for any other document the agent's first message decides between a
+//! stream and a shell, as it does for the official client.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -19,6 +20,8 @@ use super::args::printable;
 
 /// The AWS documents that forward a local port.
 const PORT_DOCUMENT_PREFIX: &str = "AWS-StartPortForwardingSession";
+/// The AWS document that forwards SSH over stdin/stdout.
+const SSH_DOCUMENT: &str = "AWS-StartSSHSession";
 /// The AWS documents that start shells and commands (and StartSession without a document).
 const SHELL_DOCUMENTS: &[&str] = &[
     "SSM-SessionManagerRunShell",
@@ -35,17 +38,9 @@ pub(super) enum Kind {
     StandardStream,
     /// A shell or command session.
     Shell,
-}
-
-impl Kind {
-    /// For the line that says a kind is unsupported.
-    pub(super) fn describe(&self) -> &'static str {
-        match self {
-            Self::Port(_) => "port-forwarding",
-            Self::StandardStream => "standard-stream (stdin/stdout)",
-            Self::Shell => "shell and command",
-        }
-    }
+    /// A custom document that does not say: a Port stream or a shell, as the agent's first
+    /// message will tell (both use stdin/stdout).
+    Undecided,
 }
 
 /// A request parameter that cannot be used.
@@ -92,7 +87,10 @@ pub(super) fn classify(request: &StartRequest) -> Result<Kind, KindError> {
     if SHELL_DOCUMENTS.contains(&name) {
         return Ok(Kind::Shell);
     }
-    Ok(Kind::StandardStream)
+    if name == SSH_DOCUMENT || first("portNumber").is_some() {
+        return Ok(Kind::StandardStream);
+    }
+    Ok(Kind::Undecided)
 }
 
 #[cfg(test)]
@@ -175,11 +173,14 @@ mod tests {
             )),
             Ok(Kind::Shell)
         );
-        // A custom document without a local port: a Port session over stdin/stdout, as
-        // the official client treats any Port document without `type`.
         assert_eq!(
-            classify(&request("Custom-SSH", &[("remotePort", "2222")])),
+            classify(&request("Custom-SSH", &[("portNumber", "2222")])),
             Ok(Kind::StandardStream)
+        );
+        // A custom document that does not say: the agent's first message will.
+        assert_eq!(
+            classify(&request("Custom-Doc", &[("remotePort", "2222")])),
+            Ok(Kind::Undecided)
         );
         assert_eq!(
             classify(&request(

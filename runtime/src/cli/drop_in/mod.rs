@@ -11,16 +11,17 @@ mod args;
 mod kind;
 mod session;
 pub(crate) mod ssh_proxy;
+mod terminal;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use ssm_tether::aws::{AwsSettings, SsmApi};
-use ssm_tether::policy::LocalAddress;
 
 use self::args::{ArgsError, Invocation};
 use self::kind::Kind;
+use self::session::LocalEnd;
 use super::EXIT_USAGE;
 
 /// The file name under which the AWS CLI looks the plugin up on `PATH`.
@@ -78,7 +79,12 @@ pub(crate) fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
     let kind = kind::classify(&session.request);
     // A stdin/stdout session's stderr is shown by ssh on every connection: like the official
     // plugin, say nothing there unless something fails for good.
-    let quiet = matches!(kind, Ok(Kind::StandardStream));
+    // A shell's terminal is in raw mode, where a log line would also land in the middle of
+    // the remote screen: errors only there too.
+    let quiet = matches!(
+        kind,
+        Ok(Kind::StandardStream | Kind::Shell | Kind::Undecided)
+    );
     super::init_logging_with(if quiet { "error" } else { "warn" });
     let settings = AwsSettings {
         region: Some(session.region.clone()).filter(|r| !r.is_empty()),
@@ -88,17 +94,14 @@ pub(crate) fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
     };
     let api = SsmApi::new(settings);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let result = match kind {
-        Ok(Kind::Port(local)) => {
-            runtime.block_on(session::run(session.grant, session.request, local, api))
-        }
-        Ok(Kind::StandardStream) => runtime.block_on(session::run(
-            session.grant,
-            session.request,
-            LocalAddress::Stdio,
-            api,
-        )),
-        Ok(unsupported) => runtime.block_on(refuse(&session, &unsupported, &api)),
+    let end = kind.map(|kind| match kind {
+        Kind::Port(local) => LocalEnd::Listener(local),
+        Kind::StandardStream => LocalEnd::Stream,
+        Kind::Shell => LocalEnd::Shell,
+        Kind::Undecided => LocalEnd::Undecided,
+    });
+    let result = match end {
+        Ok(end) => runtime.block_on(session::run(session.grant, session.request, end, api)),
         Err(err) => {
             eprintln!("ssm-tether: {err}");
             runtime.block_on(terminate(&session, &api));
@@ -114,21 +117,6 @@ pub(crate) fn run(args: &[OsString]) -> anyhow::Result<ExitCode> {
 fn usage(err: &ArgsError) -> ExitCode {
     eprintln!("ssm-tether {PLUGIN_NAME}: {err}");
     ExitCode::from(EXIT_USAGE)
-}
-
-/// A session kind this build cannot carry: one line saying which kinds it can, and the
-/// session the CLI started is terminated rather than left to time out on the agent.
-async fn refuse(session: &args::CliSession, kind: &Kind, api: &SsmApi) -> anyhow::Result<ExitCode> {
-    eprintln!(
-        "ssm-tether: {} sessions ({}) are not supported yet; supported: port forwarding \
-         (AWS-StartPortForwardingSession, AWS-StartPortForwardingSessionToRemoteHost, Port \
-         documents with localPortNumber) and Port sessions over stdin/stdout \
-         (AWS-StartSSHSession, Port documents without localPortNumber)",
-        kind.describe(),
-        args::printable(&session.request.document_name),
-    );
-    terminate(session, api).await;
-    Ok(ExitCode::from(EXIT_USAGE))
 }
 
 async fn terminate(session: &args::CliSession, api: &SsmApi) {

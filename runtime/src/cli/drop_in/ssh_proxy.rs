@@ -14,7 +14,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use ssm_tether::aws::{AwsSettings, SsmApi};
-use ssm_tether::policy::LocalAddress;
 use ssm_tether::tunnel::{SessionApi, StartRequest};
 
 use super::args::printable;
@@ -95,7 +94,7 @@ pub(crate) fn run(args: SshProxyArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(EXIT_FAILURE));
             }
         };
-        super::session::run(grant, request, LocalAddress::Stdio, api).await
+        super::session::run(grant, request, super::session::LocalEnd::Stream, api).await
     });
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     result

@@ -22,7 +22,7 @@ use crate::events::{Cause, CloseReason, EventKind, SessionRole, TunnelState};
 use crate::mux::{MuxClient, MuxEvent};
 use crate::protocol::PayloadType;
 use crate::protocol::message::MAX_STREAM_PAYLOAD;
-use crate::protocol::payload::{Flag, HandshakeRequest};
+use crate::protocol::payload::{Flag, HandshakeComplete, HandshakeRequest};
 
 /// Outgoing bytes waiting to enter a session's channel beyond which its connections are no
 /// longer read.
@@ -109,6 +109,9 @@ impl Core {
             .and_then(|s| s.data.as_mut())
             .and_then(|d| d.unusable.take());
         if let Some(reason) = unusable {
+            // Whatever was answered (a failed handshake action) goes out first: it is how
+            // the agent learns to cancel its side.
+            self.flush(key, now);
             self.give_up(Some(key), reason, now);
             return;
         }
@@ -133,7 +136,13 @@ impl Core {
     ) {
         match payload_type {
             PayloadType::HANDSHAKE_REQUEST => self.on_handshake_request(key, &payload, now),
-            PayloadType::HANDSHAKE_COMPLETE => self.on_handshake_complete(key, now),
+            PayloadType::HANDSHAKE_COMPLETE => self.on_handshake_complete(key, &payload, now),
+            PayloadType::ENC_CHALLENGE_REQUEST => self.on_challenge(key, &payload, now),
+            PayloadType::OUTPUT | PayloadType::STD_ERR | PayloadType::EXIT_CODE
+                if self.is_shell() || self.output_first_makes_a_shell(key) =>
+            {
+                self.on_shell_output(key, payload_type, payload, now);
+            }
             PayloadType::OUTPUT => self.on_output(key, payload, now),
             PayloadType::FLAG => match Flag::from_payload(&payload) {
                 Ok(Flag::ConnectToPortError) => {
@@ -164,11 +173,23 @@ impl Core {
             self.late_handshake(key, "HandshakeRequest");
             return;
         }
+        if data.kms.is_some() {
+            self.late_handshake(key, "HandshakeRequest");
+            return;
+        }
         let Ok(request) = HandshakeRequest::from_payload(payload) else {
             tracing::warn!("unreadable HandshakeRequest");
             return;
         };
-        let (response, negotiated) = handshake::answer(&request);
+        self.settle_kind(handshake::kind_of(&request));
+        let kind = self.config.kind;
+        if self.shell_handshake(key, request.clone()) {
+            return;
+        }
+        let Some(data) = self.session_mut(key).and_then(|s| s.data.as_mut()) else {
+            return;
+        };
+        let (response, negotiated) = handshake::answer(&request, kind, None);
         if let Err(err) =
             data.channel
                 .send(PayloadType::HANDSHAKE_RESPONSE, response.to_payload(), now)
@@ -185,6 +206,11 @@ impl Core {
                      port session"
                 ));
             }
+            Err(HandshakeError::NotShell(session_type)) => {
+                data.unusable = Some(format!(
+                    "the document starts a {session_type} session, not a shell or command"
+                ));
+            }
             Err(err) => {
                 // The agent cancels the session on our failed answer; waiting for the
                 // handshake deadline would only delay the replacement.
@@ -194,8 +220,16 @@ impl Core {
         }
     }
 
-    fn on_handshake_complete(&mut self, key: SessionKey, now: Instant) {
+    pub(super) fn on_handshake_complete(&mut self, key: SessionKey, payload: &[u8], now: Instant) {
         let keepalive_every = self.config.smux_keepalive;
+        if let Ok(complete) = HandshakeComplete::from_payload(payload)
+            && !complete.customer_message.is_empty()
+        {
+            // What the agent wants the user to read ("This session is encrypted using AWS
+            // KMS."): agent text, so bounded and escaped.
+            let message: String = complete.customer_message.chars().take(256).collect();
+            tracing::info!(message = %message.escape_debug(), "the agent says");
+        }
         let Some(session) = self.session_mut(key) else {
             return;
         };
@@ -225,6 +259,19 @@ impl Core {
                     out_bytes: 0,
                 };
                 ("basic", false)
+            }
+            PortMode::Shell => {
+                data.forward = Forward::Shell {
+                    active: None,
+                    out: VecDeque::new(),
+                    out_bytes: 0,
+                };
+                let mode = if data.cipher.is_some() {
+                    "shell, KMS-encrypted"
+                } else {
+                    "shell"
+                };
+                (mode, false)
             }
         };
         let agent_version = negotiated.agent_version.clone();
@@ -338,7 +385,8 @@ impl Core {
                     deliveries.push((*conn, payload));
                 }
             }
-            Forward::Pending => {}
+            // A shell tunnel's output goes through `on_shell_output`.
+            Forward::Shell { .. } | Forward::Pending => {}
         }
         for (conn, bytes) in deliveries {
             self.deliver(conn, bytes, now);
@@ -350,7 +398,7 @@ impl Core {
 
     /// Queues bytes for a local connection, closing it (or, over the tunnel's cap, the
     /// largest backlog) when its application is too far behind.
-    fn deliver(&mut self, conn: ConnId, data: Bytes, now: Instant) {
+    pub(super) fn deliver(&mut self, conn: ConnId, data: Bytes, now: Instant) {
         let len = data.len();
         if !self.conns.queue(conn, len, now) {
             if self.conns.get(conn).is_some() {
@@ -397,6 +445,9 @@ impl Core {
                     *out_bytes += chunk.len();
                     out.push_back(BasicOut::Data(data.slice_ref(chunk)));
                 }
+            }
+            Forward::Shell { .. } => {
+                self.shell_input(key, conn, &data);
             }
             Forward::Basic { .. } | Forward::Pending => {}
         }
@@ -459,7 +510,8 @@ impl Core {
                             }
                         }
                     }
-                    Forward::Basic { .. } | Forward::Pending => {}
+                    Forward::Shell { active, .. } if *active == Some(conn) => *active = None,
+                    Forward::Basic { .. } | Forward::Shell { .. } | Forward::Pending => {}
                 }
             }
             if retire {
@@ -500,6 +552,7 @@ impl Core {
         }
         let mut touched = Vec::new();
         let mut used_up = Vec::new();
+        let mut shells = Vec::new();
         while self.conns.first_waiting().is_some() {
             let Some(key) = self.pick_session() else {
                 break;
@@ -509,7 +562,7 @@ impl Core {
             };
             let stream = match &mut data.forward {
                 Forward::Mux { mux, .. } => Some(mux.open_stream()),
-                Forward::Basic { .. } | Forward::Pending => None,
+                Forward::Basic { .. } | Forward::Shell { .. } | Forward::Pending => None,
             };
             let Some(conn) = self.conns.bind_first(key, stream) else {
                 break;
@@ -525,6 +578,10 @@ impl Core {
                         *active = Some(conn);
                         *used = true;
                         used_up.push(key);
+                    }
+                    Forward::Shell { active, .. } => {
+                        *active = Some(conn);
+                        shells.push((key, conn));
                     }
                     Forward::Pending => {}
                 }
@@ -545,6 +602,10 @@ impl Core {
         }
         for key in used_up {
             self.start_spare(key, now);
+        }
+        // A shell learns the terminal's size as soon as its terminal is attached.
+        for (key, conn) in shells {
+            self.shell_attached(key, conn, now);
         }
     }
 
@@ -701,6 +762,12 @@ impl Core {
                         }
                         None => break,
                     },
+                    forward @ Forward::Shell { .. } => {
+                        match Self::next_shell_message(forward, data.cipher.as_ref()) {
+                            Some(message) => message,
+                            None => break,
+                        }
+                    }
                     Forward::Pending => break,
                 };
                 if let Err(err) = data.channel.send(payload_type, payload, now) {

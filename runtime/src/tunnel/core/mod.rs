@@ -19,11 +19,13 @@
 
 mod conns;
 mod datapath;
+pub mod encryption;
 pub mod handshake;
 mod lifecycle;
 mod recovery;
 mod rotation;
 mod session;
+mod shell;
 mod shutdown;
 mod stream;
 
@@ -104,6 +106,11 @@ pub struct CoreConfig {
     /// closed its side, what it sent may take to be acknowledged by the agent before the
     /// session is ended anyway.
     pub stream_drain: Duration,
+    /// What the document starts: port forwarding, or a shell or command (then the local end
+    /// is one stream, a terminal or stdin/stdout, and `single_stream` is implied).
+    pub kind: handshake::SessionKind,
+    /// The StartSession target, which KMS encryption binds the data key to.
+    pub target: String,
 }
 
 impl Default for CoreConfig {
@@ -124,6 +131,8 @@ impl Default for CoreConfig {
             max_waiting: MAX_WAITING,
             single_stream: false,
             stream_drain: Duration::from_secs(30),
+            kind: handshake::SessionKind::Port,
+            target: String::new(),
         }
     }
 }
@@ -247,6 +256,22 @@ pub enum Action {
         /// The bytes.
         data: Bytes,
     },
+    /// Ask KMS for a data key (a shell session's encryption); answer with
+    /// [`Core::handle_data_key`].
+    GenerateDataKey {
+        /// Names the answer.
+        op: OpId,
+        /// The KMS key, as the session preferences name it.
+        key_id: String,
+        /// The encryption context the agent will decrypt the key with.
+        context: Vec<(String, String)>,
+    },
+    /// Write bytes of the remote command's standard error (a shell session's StdErr) to this
+    /// process's standard error.
+    WriteStderr {
+        /// The bytes.
+        data: Bytes,
+    },
     /// Close a connection: after writing what is queued (`drain`, bounded in time by the I/O
     /// layer), or at once. Nothing more is read from it.
     CloseLocal {
@@ -312,6 +337,7 @@ enum OpKind {
     Start,
     Resume,
     Decide(Box<DecisionContext>),
+    DataKey,
 }
 
 #[derive(Debug)]
@@ -353,6 +379,10 @@ pub struct Core {
     status_dirty: bool,
     stopping: Option<Stopping>,
     finished: bool,
+    /// The local terminal's size, for shell sessions.
+    terminal_size: Option<(u16, u16)>,
+    /// A shell's local input ended before the shell ran.
+    input_ended_early: bool,
 }
 
 impl Core {
@@ -360,6 +390,9 @@ impl Core {
     /// `Instant` and as milliseconds since the Unix epoch. The first StartSession calls are
     /// the first actions.
     pub fn new(mut config: CoreConfig, now: Instant, unix_ms: u64) -> Self {
+        if config.kind != handshake::SessionKind::Port {
+            config.single_stream = true;
+        }
         if config.single_stream {
             // A stream cannot be striped over sessions or handed to a successor.
             config.stripes = 1;
@@ -384,6 +417,8 @@ impl Core {
             status_dirty: true,
             stopping: None,
             finished: false,
+            terminal_size: None,
+            input_ended_early: false,
         };
         for stripe in 0..core.config.stripes.max(1) {
             let key = core.add_session(stripe, SessionRole::Primary, now);
@@ -629,6 +664,32 @@ impl Core {
     /// A local application accepted `bytes` of what [`Action::WriteLocal`] queued.
     pub fn handle_local_written(&mut self, conn: ConnId, bytes: usize, now: Instant) {
         self.conns.written(conn, bytes, now);
+    }
+
+    /// KMS answered a [`Action::GenerateDataKey`].
+    pub fn handle_data_key(
+        &mut self,
+        op: OpId,
+        result: Result<encryption::DataKey, ApiError>,
+        now: Instant,
+    ) {
+        self.on_data_key(op, result, now);
+        self.check_finished(now);
+    }
+
+    /// The local terminal has (now) this size: a shell session is told (at once, or as soon
+    /// as it forwards).
+    pub fn handle_resize(&mut self, cols: u16, rows: u16, now: Instant) {
+        self.on_resize(cols, rows, now);
+    }
+
+    /// A local application's input ended (end of file) while its output may go on. A shell
+    /// session passes the end on to the remote terminal and keeps the output coming; any
+    /// other connection is closed as by [`Core::handle_local_closed`].
+    pub fn handle_local_eof(&mut self, conn: ConnId, now: Instant) {
+        if !self.shell_input_ended(conn, now) {
+            self.handle_local_closed(conn, now);
+        }
     }
 
     /// A local application closed its side, or its socket failed.

@@ -100,6 +100,22 @@ pub(super) enum Forward {
         out: VecDeque<BasicOut>,
         out_bytes: usize,
     },
+    /// A shell or command: the terminal's bytes and its size (the one connection is the
+    /// local terminal or stdin/stdout).
+    Shell {
+        active: Option<ConnId>,
+        out: VecDeque<ShellOut>,
+        out_bytes: usize,
+    },
+}
+
+/// One shell message waiting for room in the channel.
+#[derive(Debug)]
+pub(super) enum ShellOut {
+    /// Keystrokes (encrypted when it is sent, if the session is).
+    Input(Bytes),
+    /// A Size message's JSON (never encrypted).
+    Size(Bytes),
 }
 
 impl Forward {
@@ -108,9 +124,20 @@ impl Forward {
         match self {
             Self::Pending => 0,
             Self::Mux { mux, .. } => mux.outbound_len(),
-            Self::Basic { out_bytes, .. } => *out_bytes,
+            Self::Basic { out_bytes, .. } | Self::Shell { out_bytes, .. } => *out_bytes,
         }
     }
+}
+
+/// A `KMSEncryption` action waiting for its data key.
+#[derive(Debug)]
+pub(super) struct PendingKms {
+    /// The request to answer once the key is there.
+    pub(super) request: crate::protocol::payload::HandshakeRequest,
+    /// The call.
+    pub(super) op: super::OpId,
+    /// Whether the agent's challenge went into the encryption context.
+    pub(super) acknowledged: bool,
 }
 
 /// What exists once StartSession has answered.
@@ -132,6 +159,10 @@ pub(super) struct SessionData {
     pub(super) refused: u32,
     /// A handshake message after the session was negotiated has been logged.
     pub(super) late_handshake_logged: bool,
+    /// KMS encryption of a shell session, once the data key is known.
+    pub(super) cipher: Option<super::encryption::SessionCipher>,
+    /// A `KMSEncryption` action waiting for GenerateDataKey.
+    pub(super) kms: Option<PendingKms>,
 }
 
 impl SessionData {
@@ -145,6 +176,8 @@ impl SessionData {
             unusable: None,
             refused: 0,
             late_handshake_logged: false,
+            cipher: None,
+            kms: None,
         }
     }
 
@@ -266,6 +299,7 @@ impl Session {
                 Forward::Pending => false,
                 Forward::Mux { .. } => true,
                 Forward::Basic { active, used, .. } => active.is_none() && !used,
+                Forward::Shell { active, .. } => active.is_none(),
             })
     }
 

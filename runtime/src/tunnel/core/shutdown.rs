@@ -57,6 +57,8 @@ impl Core {
             .is_some_and(|mode| match mode {
                 PortMode::Mux { .. } => true,
                 PortMode::Basic { terminate_flag } => terminate_flag,
+                // Shell agents ignore flags; the TerminateSession call ends the session.
+                PortMode::Shell => false,
             });
         let link = std::mem::replace(&mut session.link, Link::Ended);
         match link {

@@ -92,7 +92,14 @@ async fn read_loop(
         }
         buf.reserve(READ_SIZE);
         match read.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
+            // The input ended; the output may go on (a shell still has a command to run).
+            // Through the data queue, behind the last bytes read: on the control queue the
+            // end could overtake them, and they would be lost.
+            Ok(0) => {
+                let _ = data.send(Input::LocalEof(id)).await;
+                return;
+            }
+            Err(_) => break,
             Ok(_) => {
                 // A full channel is backpressure: this task waits, the socket stops being read.
                 if data

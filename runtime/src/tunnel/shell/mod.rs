@@ -23,6 +23,7 @@ use crate::aws::{ApiError, SessionGrant};
 use crate::events::{ConnectFailure, ProbeFailure, TunnelEvent, TunnelStatus};
 use crate::plugin::TunnelPlugins;
 use crate::transport::connect::{self, ClientIdentity, DataSocket};
+use crate::tunnel::core::encryption::DataKey;
 use listener::LocalStream;
 pub(crate) use local::CLOSE_DRAIN;
 use local::LocalConn;
@@ -45,7 +46,10 @@ pub(crate) enum Input {
     SocketFlushed(SocketId, usize),
     LocalData(ConnId, Bytes),
     LocalWritten(ConnId, usize),
+    /// The connection's input ended (end of file); its output may go on.
+    LocalEof(ConnId),
     LocalClosed(ConnId),
+    DataKey(OpId, Result<DataKey, ApiError>),
 }
 
 /// What the shell needs besides the core.
@@ -127,6 +131,8 @@ pub(crate) struct Outlets {
 /// Where the shell's inputs come from.
 pub(crate) struct Inlets {
     pub(crate) accepted: mpsc::Receiver<(LocalStream, String)>,
+    /// The local terminal's size, whenever it changes (shell tunnels).
+    pub(crate) resize: mpsc::Receiver<(u16, u16)>,
     pub(crate) probe_failures: mpsc::Receiver<ProbeFailure>,
     pub(crate) plugins: watch::Receiver<Arc<TunnelPlugins>>,
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -136,6 +142,8 @@ struct Shell<A> {
     core: Core,
     api: Arc<A>,
     live: LiveSessions,
+    /// Where a remote command's standard error goes.
+    stderr: stdio::StderrSink,
     config: ShellConfig,
     identity: ClientIdentity,
     outlets: Outlets,
@@ -164,6 +172,7 @@ pub(crate) async fn run<A: SessionApi>(
         core,
         api,
         live,
+        stderr: stdio::StderrSink::default(),
         config,
         identity: ClientIdentity::default(),
         outlets,
@@ -210,6 +219,9 @@ pub(crate) async fn run<A: SessionApi>(
                 shell.unbound.insert(id, stream);
             }
             () = sleep_until(timer) => shell.core.handle_timeout(Instant::now()),
+            Some((cols, rows)) = inlets.resize.recv() => {
+                shell.core.handle_resize(cols, rows, Instant::now());
+            }
             Some(failure) = inlets.probe_failures.recv() => {
                 shell.core.handle_probe_failure(failure, Instant::now());
             }
@@ -248,7 +260,9 @@ impl<A: SessionApi> Shell<A> {
             Input::SocketFlushed(id, bytes) => core.handle_socket_flushed(id, bytes, now),
             Input::LocalData(id, data) => core.handle_local_data(id, data, now),
             Input::LocalWritten(id, bytes) => core.handle_local_written(id, bytes, now),
+            Input::LocalEof(id) => core.handle_local_eof(id, now),
             Input::LocalClosed(id) => core.handle_local_closed(id, now),
+            Input::DataKey(op, result) => core.handle_data_key(op, result, now),
         }
     }
 
@@ -328,7 +342,8 @@ impl<A: SessionApi> Shell<A> {
                             .upgrade_request(&grant.stream_url)
                             .await
                             .map_err(ConnectFailure::Signing)?;
-                        connect::open(request, &grant.token_value, &identity, timeout)
+                        let proxies = api.proxies();
+                        connect::open_via(&proxies, request, &grant.token_value, &identity, timeout)
                             .await
                             .map(Box::new)
                             .map_err(ConnectFailure::Upgrade)
@@ -410,6 +425,24 @@ impl<A: SessionApi> Shell<A> {
                     local.write(data);
                 }
             }
+            Action::GenerateDataKey {
+                op,
+                key_id,
+                context,
+            } => {
+                let (api, tx) = (self.api.clone(), self.control_tx.clone());
+                let limit = self.config.call_timeout;
+                tokio::spawn(async move {
+                    let result = bounded(
+                        "GenerateDataKey",
+                        limit,
+                        api.generate_data_key(&key_id, &context),
+                    )
+                    .await;
+                    let _ = tx.send(Input::DataKey(op, result));
+                });
+            }
+            Action::WriteStderr { data } => self.stderr.write(data),
             Action::CloseLocal { conn, drain } => {
                 self.unbound.remove(&conn);
                 if let Some(local) = self.conns.remove(&conn) {

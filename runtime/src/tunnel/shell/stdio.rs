@@ -144,3 +144,47 @@ impl AsyncWrite for ChannelWriter {
         Poll::Ready(Ok(()))
     }
 }
+
+/// The process's standard error, written by a thread of its own, for what a remote command
+/// writes to its standard error. Bounded: when stderr is not read, further bytes are dropped
+/// and counted rather than stalling the tunnel.
+#[derive(Default)]
+pub(crate) struct StderrSink {
+    tx: Option<mpsc::Sender<Bytes>>,
+    dropped: u64,
+}
+
+impl StderrSink {
+    /// Queues `data` for stderr.
+    pub(crate) fn write(&mut self, data: Bytes) {
+        let tx = self.tx.get_or_insert_with(|| {
+            let (tx, mut rx) = mpsc::channel::<Bytes>(64);
+            let spawned = std::thread::Builder::new()
+                .name("ssm-tether-stderr".into())
+                .spawn(move || {
+                    let mut stderr = std::io::stderr();
+                    while let Some(chunk) = rx.blocking_recv() {
+                        if stderr
+                            .write_all(&chunk)
+                            .and_then(|()| stderr.flush())
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            if let Err(err) = spawned {
+                tracing::warn!(error = %err, "cannot start the stderr writer");
+            }
+            tx
+        });
+        let len = data.len() as u64;
+        if tx.try_send(data).is_err() {
+            self.dropped += len;
+            tracing::warn!(
+                dropped = self.dropped,
+                "standard error is not being read; the remote command's error output is dropped"
+            );
+        }
+    }
+}

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use rustix::process::Signal;
 use serde::Serialize;
 use ssm_tether_protocol::payload::{
     EncryptionChallenge, HandshakeComplete, KmsEncryptionRequest, KmsEncryptionResponse, SizeData,
@@ -21,8 +20,8 @@ use super::super::crypto::{
 };
 use super::super::port::compare_versions;
 use super::super::shell::{
-    ShellEvent, ShellKind, ShellProcess, ShellProps, ShellSettings, StartError, shell_props,
-    valid_prefix,
+    Interrupt, ShellEvent, ShellKind, ShellProcess, ShellProps, ShellSettings, StartError,
+    shell_props, valid_prefix,
 };
 use super::{AgentOutcome, Handshake, PortSide, VecDeque};
 
@@ -548,8 +547,8 @@ impl PortSide {
                 return true;
             }
             let Some(signal) = payload.iter().find_map(|byte| match byte {
-                0x03 => Some(Signal::INT),
-                0x1c => Some(Signal::QUIT),
+                0x03 => Some(Interrupt::Int),
+                0x1c => Some(Interrupt::Quit),
                 _ => None,
             }) else {
                 return true;
@@ -557,7 +556,7 @@ impl PortSide {
             let Some(process) = shell.process.as_ref() else {
                 return true;
             };
-            let name = if signal == Signal::INT {
+            let name = if signal == Interrupt::Int {
                 "SIGINT"
             } else {
                 "SIGQUIT"

@@ -10,31 +10,24 @@
 //! * `tunnel-tcp` not granted → degraded (and an error in the runtime's log): a
 //!   misconfiguration must not make the runtime restart a working tunnel forever.
 //!
-//! The protocol logic is in plain functions ([`Settings::from_json`], [`converse`],
-//! [`judge_ping`], …) tested natively with `cargo test`; the component glue at the bottom only
-//! connects and stores the configuration.
+//! The protocol logic is in plain functions ([`converse`], [`judge_ping`], …) tested natively
+//! with `cargo test`. Everything else comes from the `ssm-tether-plugin` SDK: the bindings,
+//! `describe` (from `Cargo.toml`), parsing the `config` table into [`Settings`] with serde,
+//! and the exports ([`ssm_tether_plugin::health_check!`]).
 
-wit_bindgen::generate!({
-    world: "health-check",
-    path: "../../wit",
-    additional_derives: [PartialEq, Eq],
-});
-
-use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
-use exports::ssm_tether::plugin::{health, plugin};
-use ssm_tether::plugin::host::log;
-use ssm_tether::plugin::tunnel_tcp::{self, TcpError};
-use ssm_tether::plugin::types::{LogLevel, PluginInfo, ProbeContext, ProbeOutcome};
+use serde::Deserialize;
+use ssm_tether_plugin::tunnel_tcp::{self, TcpError};
+use ssm_tether_plugin::{HealthCheck, LogLevel, ProbeContext, ProbeOutcome, host};
 
 // ----- configuration ---------------------------------------------------------------------
 
-/// The config keys, as in the policy file's `[tunnel.health_check.config]` table.
-pub const KEYS: &[&str] = &["connect_timeout_ms", "read_timeout_ms", "password"];
-
-/// The check's settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The check's settings: the policy file's `[tunnel.health_check.config]` table. Unknown keys
+/// are errors (`deny_unknown_fields`), so a typo fails `ssm-tether check`; missing keys take
+/// their [`Default`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// Longest wait for the connection through the tunnel.
     pub connect_timeout_ms: u32,
@@ -55,45 +48,28 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// Parses `init`'s JSON (the `config` table; `{}` when there is none). Every error names
-    /// the key, and unknown keys are errors, so a typo fails `ssm-tether check`.
-    pub fn from_json(json: &str) -> Result<Self, String> {
-        let json = if json.trim().is_empty() { "{}" } else { json };
-        let value: serde_json::Value =
-            serde_json::from_str(json).map_err(|e| format!("config is not valid JSON: {e}"))?;
-        let serde_json::Value::Object(map) = value else {
-            return Err("config must be a table (a JSON object)".to_owned());
-        };
-        let mut settings = Self::default();
-        for (key, value) in &map {
-            match key.as_str() {
-                "connect_timeout_ms" => settings.connect_timeout_ms = millis(key, value)?,
-                "read_timeout_ms" => settings.read_timeout_ms = millis(key, value)?,
-                "password" => match value.as_str() {
-                    // Never echo the value: it is a secret.
-                    Some("") => return Err("`password` must not be empty".to_owned()),
-                    Some(password) => settings.password = Some(password.to_owned()),
-                    None => return Err("`password` must be a string".to_owned()),
-                },
-                other => {
-                    return Err(format!(
-                        "unknown config key `{other}`; known keys: {}",
-                        KEYS.join(", ")
-                    ));
-                }
+    /// What serde cannot check: timeouts above zero, a password that is not empty.
+    /// Never echo the password: it is a secret.
+    pub fn validate(self) -> Result<Self, String> {
+        for (key, ms) in [
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("read_timeout_ms", self.read_timeout_ms),
+        ] {
+            if ms == 0 {
+                return Err(format!("`{key}` must be a positive integer (milliseconds)"));
             }
         }
-        Ok(settings)
+        if self.password.as_deref() == Some("") {
+            return Err("`password` must not be empty".to_owned());
+        }
+        Ok(self)
     }
-}
 
-/// A timeout in milliseconds: a positive integer that fits in 32 bits.
-fn millis(key: &str, value: &serde_json::Value) -> Result<u32, String> {
-    value
-        .as_u64()
-        .and_then(|ms| u32::try_from(ms).ok())
-        .filter(|ms| *ms > 0)
-        .ok_or_else(|| format!("`{key}` must be a positive integer (milliseconds), got {value}"))
+    /// Parses and validates `init`'s JSON the way the component does (`{}` or empty: the
+    /// defaults); every error names the key.
+    pub fn from_json(json: &str) -> Result<Self, String> {
+        ssm_tether_plugin::from_json::<Self>(json)?.validate()
+    }
 }
 
 // ----- the Redis conversation ------------------------------------------------------------
@@ -293,32 +269,18 @@ pub fn usable_budget_ms(budget_ms: u32) -> u32 {
 
 // ----- component glue --------------------------------------------------------------------
 
-thread_local! {
-    /// Set by `init`; a plugin instance is single-threaded.
-    static SETTINGS: RefCell<Settings> = RefCell::new(Settings::default());
-}
+/// The component: the settings `init` validated.
+pub struct RedisCheck(Settings);
 
-struct RedisCheck;
+impl HealthCheck for RedisCheck {
+    type Config = Settings;
 
-impl plugin::Guest for RedisCheck {
-    fn describe() -> PluginInfo {
-        PluginInfo {
-            name: "redis-check".to_owned(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            description: "Sends a Redis PING through the tunnel and expects +PONG.".to_owned(),
-        }
+    fn new(settings: Settings) -> Result<Self, String> {
+        settings.validate().map(Self)
     }
 
-    fn init(config: String) -> Result<(), String> {
-        let settings = Settings::from_json(&config)?;
-        SETTINGS.with(|s| *s.borrow_mut() = settings);
-        Ok(())
-    }
-}
-
-impl health::Guest for RedisCheck {
-    fn check(context: ProbeContext) -> ProbeOutcome {
-        let settings = SETTINGS.with(|s| s.borrow().clone());
+    fn check(&mut self, context: ProbeContext) -> ProbeOutcome {
+        let settings = &self.0;
         let budget = Duration::from_millis(usable_budget_ms(context.budget_ms).into());
         let started = Instant::now();
         let time_left = || {
@@ -337,7 +299,7 @@ impl health::Guest for RedisCheck {
                 if let ProbeOutcome::Degraded(reason) = &outcome {
                     // Only a missing grant: a configuration error the user must see.
                     let tunnel = &context.tunnel.name;
-                    log(
+                    host::log(
                         LogLevel::Error,
                         &format!("redis-check on {tunnel}: {reason}"),
                     );
@@ -345,7 +307,7 @@ impl health::Guest for RedisCheck {
                 return outcome;
             }
         };
-        converse(&mut conn, &settings, &time_left)
+        converse(&mut conn, settings, &time_left)
         // `conn` is dropped here, which closes the connection.
     }
 }
@@ -360,7 +322,9 @@ impl Wire for tunnel_tcp::Connection {
     }
 }
 
-export!(RedisCheck);
+// The exports: `describe` (name, version, description from Cargo.toml), `init` (the config
+// into `Settings`, then `RedisCheck::new`) and `check`.
+ssm_tether_plugin::health_check!(RedisCheck);
 
 #[cfg(test)]
 mod tests {

@@ -75,7 +75,10 @@ pub(crate) fn run(path: &Path, online: bool) -> anyhow::Result<ExitCode> {
     }
     for tunnel in &policy.tunnels {
         for (role, spec) in tunnel.plugins.entries() {
-            println!("ok  {}: {role} {}", tunnel.name, spec.source);
+            let pinned = spec
+                .sha256
+                .map_or_else(String::new, |pin| format!(" (sha256 {pin}, as pinned)"));
+            println!("ok  {}: {role} {}{pinned}", tunnel.name, spec.source);
             if role == Role::HealthCheck && !spec.grants.tunnel_tcp {
                 println!(
                     "    warning: this health check has no grants = [\"tunnel-tcp\"]; it cannot \

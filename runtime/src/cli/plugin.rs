@@ -1,4 +1,4 @@
-//! `ssm-tether plugin inspect|test`: tools for plugin authors.
+//! `ssm-tether plugin inspect|test|pin|cache`: tools for plugin authors and operators.
 //!
 //! Whatever a plugin said is printed escaped (`plugin::text`): a plugin cannot forge lines
 //! of this output or drive the terminal.
@@ -13,7 +13,7 @@ use ssm_tether::aws::{ApiError, ApiErrorKind};
 use ssm_tether::events::{Cause, ConnectFailure, EventKind, ProbeFailure, SessionRef, TunnelEvent};
 use ssm_tether::plugin::text::escape;
 use ssm_tether::plugin::{
-    PACKAGE_VERSION, PluginEngine, PluginInstance, TcpTarget, TunnelInfo, TunnelLink,
+    CACHE_MAX_ENV, PACKAGE_VERSION, PluginEngine, PluginInstance, TcpTarget, TunnelInfo, TunnelLink,
 };
 use ssm_tether::policy::{LocalAddress, PluginSource, PluginSpec, Role};
 use ssm_tether::recovery::DecisionContext;
@@ -31,6 +31,24 @@ pub(crate) enum PluginCommand {
     },
     /// Call a plugin once with a sample event and print its answer.
     Test(TestArgs),
+    /// Print the `sha256 = "…"` line that pins a plugin entry to this exact component.
+    Pin {
+        /// The component (.wasm), or builtin:NAME.
+        plugin: String,
+    },
+    /// The compiled-plugin cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+/// `plugin cache` commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum CacheCommand {
+    /// List the compiled plugins: component, size, last use, and the total against the bound
+    /// (SSM_TETHER_PLUGIN_CACHE_MAX_MB, default 256).
+    List,
+    /// Delete every compiled plugin (each is compiled again at its next load).
+    Clear,
 }
 
 /// `plugin test` arguments.
@@ -74,12 +92,110 @@ pub(crate) fn run(command: PluginCommand) -> anyhow::Result<ExitCode> {
     super::init_logging();
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let engine = PluginEngine::new(PluginEngine::default_cache_dir())?;
+        // `pin` only reads and hashes: no engine.
+        let engine = || PluginEngine::new(PluginEngine::default_cache_dir());
         match command {
-            PluginCommand::Inspect { plugin } => inspect(&engine, &plugin).await,
-            PluginCommand::Test(args) => test(&engine, args).await,
+            PluginCommand::Inspect { plugin } => inspect(&engine()?, &plugin).await,
+            PluginCommand::Test(args) => test(&engine()?, args).await,
+            PluginCommand::Pin { plugin } => pin(&plugin).await,
+            PluginCommand::Cache(CacheCommand::List) => cache_list(&engine()?),
+            PluginCommand::Cache(CacheCommand::Clear) => cache_clear(&engine()?),
         }
     })
+}
+
+/// Prints exactly the line to paste into the plugin's entry, on stdout alone, so that
+/// `plugin pin F >> …` or a script can use it as it is.
+async fn pin(plugin: &str) -> anyhow::Result<ExitCode> {
+    match PluginEngine::fingerprint(&source(plugin)).await {
+        Ok(pin) => {
+            println!("sha256 = \"{pin}\"");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            eprintln!("ssm-tether: {}", escape(&err.to_string()));
+            Ok(ExitCode::from(EXIT_USAGE))
+        }
+    }
+}
+
+fn cache_list(engine: &PluginEngine) -> anyhow::Result<ExitCode> {
+    let listing = match engine.cache_list() {
+        Ok(listing) => listing,
+        Err(err) => {
+            eprintln!("ssm-tether: {err}");
+            return Ok(ExitCode::from(EXIT_FAILURE));
+        }
+    };
+    println!(
+        "cache:    {} (bound {}, {CACHE_MAX_ENV})",
+        listing.dir.display(),
+        size(listing.max_bytes)
+    );
+    if !listing.entries.is_empty() {
+        println!("{:<20}  {:>10}  component sha256", "last used", "size");
+    }
+    for entry in &listing.entries {
+        let when = humantime::format_rfc3339_seconds(entry.last_used);
+        let note = if entry.current {
+            ""
+        } else {
+            "  (another ssm-tether version or configuration)"
+        };
+        println!(
+            "{when:<20}  {:>10}  {}{note}",
+            size(entry.size),
+            entry.component_sha256
+        );
+    }
+    println!(
+        "total:    {} entr{}, {} of {}",
+        listing.entries.len(),
+        if listing.entries.len() == 1 {
+            "y"
+        } else {
+            "ies"
+        },
+        size(listing.total),
+        size(listing.max_bytes)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cache_clear(engine: &PluginEngine) -> anyhow::Result<ExitCode> {
+    match engine.cache_clear() {
+        Ok(cleared) => {
+            println!(
+                "cleared:  {} file(s), {}",
+                cleared.files,
+                size(cleared.bytes)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => {
+            eprintln!("ssm-tether: {err}");
+            Ok(ExitCode::from(EXIT_FAILURE))
+        }
+    }
+}
+
+/// Bytes in the largest binary unit that keeps a number ≥ 1, one decimal.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    #[allow(clippy::cast_precision_loss)] // a display value
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = UNITS[0];
+    for next in &UNITS[1..] {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = next;
+    }
+    format!("{value:.1} {unit}")
 }
 
 fn source(text: &str) -> PluginSource {

@@ -24,9 +24,19 @@
 //! written atomically (private temporary file, fsync, rename). Problems that are not about
 //! trust (no home directory, read-only file system) leave the cache unused, logged at debug
 //! level.
+//!
+//! The cache is bounded: after every store, entries are evicted least recently used first
+//! until their total is within the cap ([`DEFAULT_CACHE_MAX_BYTES`], or
+//! `SSM_TETHER_PLUGIN_CACHE_MAX_MB`). A hit sets the entry's modification time to now, so
+//! the modification time is the last use; that needs no index, which concurrent processes
+//! would have to lock. Only files named like entries (this format's and the first one's)
+//! and stale temporary files of entries are ever deleted, and only regular files of this
+//! user: never the key, nor anything else found in the directory. A component larger than
+//! the cap is not stored at all.
 
 use std::hash::Hasher;
 use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, Mac};
 use rand::TryRngCore as _;
@@ -34,7 +44,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use super::trusted_dir::{Distrust, Privacy, TrustedDir};
+use super::trusted_dir::{DirFile, Distrust, Privacy, TrustedDir};
 
 /// First bytes of every entry: the format (a change makes old entries fail as unknown).
 const MAGIC: &[u8; 8] = b"ssmtcw\x00\x02";
@@ -50,6 +60,17 @@ const KEY_LEN: usize = 32;
 /// component compiles to 35 MB) and components are at most 64 MiB.
 pub(crate) const MAX_ENTRY_BYTES: u64 = 512 << 20;
 
+/// Default bound of the cache: a few Python components (35 MB compiled each) and dozens of
+/// Rust ones.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 256 << 20;
+/// Environment variable that sets the cache's bound, in MiB (`0`: store nothing).
+pub const CACHE_MAX_ENV: &str = "SSM_TETHER_PLUGIN_CACHE_MAX_MB";
+/// Most files looked at in one listing: a directory stuffed with files cannot make eviction
+/// or `plugin cache list` unbounded.
+const MAX_LISTED: usize = 100_000;
+/// A temporary file older than this is a crashed writer's leftover, not a write in flight.
+const STALE_TEMP: Duration = Duration::from_secs(3600);
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// Directory of compiled components.
@@ -60,6 +81,117 @@ pub(crate) struct ComponentCache {
     engine_key: String,
     /// sha256 of the engine's compatibility hash; authenticated with every entry.
     engine_hash: [u8; 32],
+    /// Bound of the total size of the entries, bytes.
+    max_bytes: u64,
+}
+
+/// One compiled component in the cache, as `ssm-tether plugin cache list` shows it.
+#[derive(Clone, Debug)]
+pub struct CacheEntry {
+    /// The file name.
+    pub file: String,
+    /// sha256 of the component it was compiled from, hex.
+    pub component_sha256: String,
+    /// Whether this runtime's engine can use it (other entries are from another version or
+    /// configuration and are only waiting to be evicted).
+    pub current: bool,
+    /// Size, bytes.
+    pub size: u64,
+    /// When it was last used (stored or loaded).
+    pub last_used: SystemTime,
+}
+
+/// The contents of the cache.
+#[derive(Clone, Debug)]
+pub struct CacheListing {
+    /// The cache directory.
+    pub dir: PathBuf,
+    /// Entries, most recently used first.
+    pub entries: Vec<CacheEntry>,
+    /// Total size of the entries, bytes.
+    pub total: u64,
+    /// The bound of the total, bytes.
+    pub max_bytes: u64,
+}
+
+/// What clearing the cache removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheCleared {
+    /// Files removed.
+    pub files: usize,
+    /// Their total size, bytes.
+    pub bytes: u64,
+}
+
+/// Why the cache could not be listed or cleared.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The engine has no cache directory (no `XDG_CACHE_HOME` or `HOME`).
+    #[error("no compiled-plugin cache: neither XDG_CACHE_HOME nor HOME is set")]
+    NoCache,
+    /// The directory fails the trust checks, so nothing in it is touched.
+    #[error("the compiled-plugin cache {} is not trusted: {reason}", dir.display())]
+    Distrusted {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// Reading the directory or removing a file failed.
+    #[error("the compiled-plugin cache {}: {source}", dir.display())]
+    Io {
+        /// The directory.
+        dir: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a file name of the cache directory stands for; `None` for anything not ours.
+#[derive(Debug, PartialEq, Eq)]
+enum FileKind<'a> {
+    /// An entry: the component's sha256 and the engine key, both hex.
+    Entry { component: &'a str, engine: &'a str },
+    /// The temporary file of an entry being written (or of a crashed writer).
+    Temp,
+}
+
+fn is_hex(text: &str, len: usize) -> bool {
+    text.len() == len && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Recognises the names this cache writes: `SHA256-ENGINE.v2.cwasm`, the first format's
+/// `SHA256-ENGINE.cwasm`, and their temporary files `.NAME.RANDOM.tmp`.
+fn classify(name: &str) -> Option<FileKind<'_>> {
+    if let Some(inner) = name.strip_prefix('.') {
+        let (entry, random) = inner.strip_suffix(".tmp")?.rsplit_once('.')?;
+        return (is_hex(random, 16) && matches!(classify(entry)?, FileKind::Entry { .. }))
+            .then_some(FileKind::Temp);
+    }
+    let stem = name
+        .strip_suffix(".v2.cwasm")
+        .or_else(|| name.strip_suffix(".cwasm"))?;
+    let (component, engine) = stem.split_once('-')?;
+    (is_hex(component, 64) && is_hex(engine, 16)).then_some(FileKind::Entry { component, engine })
+}
+
+/// The cache's bound from [`CACHE_MAX_ENV`], else the default; a bad value is a warning.
+fn max_bytes_from_env() -> u64 {
+    let Some(value) = std::env::var_os(CACHE_MAX_ENV) else {
+        return DEFAULT_CACHE_MAX_BYTES;
+    };
+    match value.to_str().and_then(|v| v.trim().parse::<u64>().ok()) {
+        Some(mb) => mb.saturating_mul(1 << 20),
+        None => {
+            tracing::warn!(
+                "{CACHE_MAX_ENV} is not a number of MiB; the compiled-plugin cache keeps its \
+                 default bound of {} MiB",
+                DEFAULT_CACHE_MAX_BYTES >> 20
+            );
+            DEFAULT_CACHE_MAX_BYTES
+        }
+    }
 }
 
 impl ComponentCache {
@@ -73,6 +205,86 @@ impl ComponentCache {
             dir,
             engine_key,
             engine_hash,
+            max_bytes: max_bytes_from_env(),
+        }
+    }
+
+    /// The cache's contents, most recently used first. A cache that does not exist yet is
+    /// empty (and is not created).
+    pub(crate) fn list(&self) -> Result<CacheListing, CacheError> {
+        let mut listing = CacheListing {
+            dir: self.dir.clone(),
+            entries: Vec::new(),
+            total: 0,
+            max_bytes: self.max_bytes,
+        };
+        let Some(dir) = self.open_for_maintenance()? else {
+            return Ok(listing);
+        };
+        let files = dir
+            .files(|name| classify(name).is_some(), MAX_LISTED)
+            .map_err(|source| self.io_error(source))?;
+        for file in files {
+            if let Some(FileKind::Entry { component, engine }) = classify(&file.name) {
+                listing.total = listing.total.saturating_add(file.size);
+                listing.entries.push(CacheEntry {
+                    component_sha256: component.to_owned(),
+                    current: engine == self.engine_key && file.name.ends_with(".v2.cwasm"),
+                    size: file.size,
+                    last_used: file.modified,
+                    file: file.name,
+                });
+            }
+        }
+        listing
+            .entries
+            .sort_by(|a, b| b.last_used.cmp(&a.last_used).then(a.file.cmp(&b.file)));
+        Ok(listing)
+    }
+
+    /// Removes every entry and temporary file of entries; the key and any other file stay.
+    pub(crate) fn clear(&self) -> Result<CacheCleared, CacheError> {
+        let mut cleared = CacheCleared::default();
+        let Some(dir) = self.open_for_maintenance()? else {
+            return Ok(cleared);
+        };
+        let files = dir
+            .files(|name| classify(name).is_some(), MAX_LISTED)
+            .map_err(|source| self.io_error(source))?;
+        for file in files {
+            // A writer whose temporary file goes only loses its store (a compile next time).
+            if dir
+                .remove(&file.name)
+                .map_err(|source| self.io_error(source))?
+            {
+                cleared.files += 1;
+                cleared.bytes = cleared.bytes.saturating_add(file.size);
+            }
+        }
+        Ok(cleared)
+    }
+
+    /// The directory, checked, for `list` and `clear`; `None` if it does not exist.
+    fn open_for_maintenance(&self) -> Result<Option<TrustedDir>, CacheError> {
+        match std::fs::symlink_metadata(&self.dir) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(self.io_error(source)),
+            Ok(_) => {}
+        }
+        match TrustedDir::open(&self.dir) {
+            Ok(dir) => Ok(Some(dir)),
+            Err(Distrust::Io(source)) => Err(self.io_error(source)),
+            Err(reason) => Err(CacheError::Distrusted {
+                dir: self.dir.clone(),
+                reason: reason.to_string(),
+            }),
+        }
+    }
+
+    fn io_error(&self, source: std::io::Error) -> CacheError {
+        CacheError::Io {
+            dir: self.dir.clone(),
+            source,
         }
     }
 
@@ -233,7 +445,10 @@ impl OpenCache<'_> {
             }
         };
         match deserialize(engine, artifact) {
-            Ok(component) => Some(component),
+            Ok(component) => {
+                self.touch(&name);
+                Some(component)
+            }
             Err(err) => {
                 // Authentic but unusable (wasmtime's own header check disagrees): replace it.
                 refused(&format_args!("{err:#}"));
@@ -244,14 +459,82 @@ impl OpenCache<'_> {
 
     /// Stores `artifact`, the compiled form of the component whose sha256 is `sha256`,
     /// replacing whatever entry was there. Failure only costs a compile next time.
+    /// Stores nothing if the entry alone would exceed the cache's bound; otherwise evicts
+    /// the least recently used other entries until the total is within it.
     pub(crate) fn store(&self, sha256: &[u8; 32], artifact: &[u8]) {
         let name = self.cache.entry_name(sha256);
+        let path = self.dir.path().join(&name);
+        let size = (MAGIC.len() + TAG_LEN + artifact.len()) as u64;
+        if size > self.cache.max_bytes {
+            tracing::debug!(path = %path.display(), size, max = self.cache.max_bytes,
+                "compiled plugin larger than the cache's bound; not stored");
+            return;
+        }
         let mut mac = self.cache.mac(&self.key, sha256);
         mac.update(artifact);
         let tag = mac.finalize().into_bytes();
         if let Err(err) = self.dir.replace(&name, &[MAGIC, &tag, artifact]) {
-            let path = self.dir.path().join(&name);
             tracing::debug!(path = %path.display(), error = %err, "plugin cache entry not written");
+            return;
+        }
+        self.evict(&name);
+    }
+
+    /// Records a use of entry `name` (its modification time), for eviction.
+    fn touch(&self, name: &str) {
+        if let Err(err) = self.dir.touch(name) {
+            let path = self.dir.path().join(name);
+            tracing::debug!(path = %path.display(), error = %err, "plugin cache entry not touched");
+        }
+    }
+
+    /// Deletes least recently used entries other than `keep` until the entries total at
+    /// most the bound, and temporary files of crashed writers. Other processes may evict at
+    /// the same time: a file already gone is simply skipped.
+    fn evict(&self, keep: &str) {
+        let files = match self.dir.files(|name| classify(name).is_some(), MAX_LISTED) {
+            Ok(files) => files,
+            Err(err) => {
+                tracing::debug!(path = %self.dir.path().display(), error = %err,
+                    "plugin cache not listed for eviction");
+                return;
+            }
+        };
+        let now = SystemTime::now();
+        let mut total = 0u64;
+        let mut candidates: Vec<DirFile> = Vec::new();
+        for file in files {
+            let temp = classify(&file.name) == Some(FileKind::Temp);
+            let stale = now
+                .duration_since(file.modified)
+                .is_ok_and(|age| age > STALE_TEMP);
+            if temp && stale {
+                self.remove(&file.name);
+                continue;
+            }
+            // A write in flight counts (it will be an entry) but is not ours to delete.
+            total = total.saturating_add(file.size);
+            if !temp && file.name != keep {
+                candidates.push(file);
+            }
+        }
+        candidates.sort_by(|a, b| a.modified.cmp(&b.modified).then(a.name.cmp(&b.name)));
+        for file in candidates {
+            if total <= self.cache.max_bytes {
+                break;
+            }
+            self.remove(&file.name);
+            total = total.saturating_sub(file.size);
+        }
+    }
+
+    fn remove(&self, name: &str) {
+        let path = self.dir.path().join(name);
+        match self.dir.remove(name) {
+            Ok(_) => tracing::debug!(path = %path.display(), "plugin cache entry evicted"),
+            Err(err) => {
+                tracing::debug!(path = %path.display(), error = %err, "plugin cache entry not evicted");
+            }
         }
     }
 
@@ -313,7 +596,214 @@ mod tests {
             dir: dir.to_owned(),
             engine_key: hex::encode(&engine_hash[..8]),
             engine_hash,
+            max_bytes: DEFAULT_CACHE_MAX_BYTES,
         }
+    }
+
+    /// A real engine and the compiled bytes of an empty component: what `load` can
+    /// deserialize, so that a hit (and its touch) is the real code path.
+    fn engine_and_artifact() -> (Engine, Vec<u8>) {
+        let engine = Engine::new(&super::super::engine::engine_config()).expect("engine");
+        let component = wat::parse_str("(component)").expect("wat");
+        let artifact = engine
+            .precompile_component(&component)
+            .expect("precompiles");
+        (engine, artifact)
+    }
+
+    fn set_age(path: &std::path::Path, age: Duration) {
+        let file = std::fs::File::options()
+            .write(true)
+            .open(path)
+            .expect("open");
+        file.set_modified(SystemTime::now() - age)
+            .expect("set mtime");
+    }
+
+    fn names(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn entries_total(this: &ComponentCache) -> u64 {
+        this.list().expect("lists").total
+    }
+
+    #[test]
+    fn eviction_keeps_the_bound_and_evicts_the_least_recently_used_first() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let (engine, artifact) = engine_and_artifact();
+        let entry_size = (MAGIC.len() + TAG_LEN + artifact.len()) as u64;
+        let mut this = cache(root.path(), [1; 32]);
+        // Room for three entries and a half.
+        this.max_bytes = entry_size * 7 / 2;
+        let open = this.open().expect("trusted");
+        let (a, b, c, d, e) = ([0xa; 32], [0xb; 32], [0xc; 32], [0xd; 32], [0xe; 32]);
+        for (sha, age) in [(a, 300), (b, 200), (c, 100)] {
+            open.store(&sha, &artifact);
+            set_age(
+                &root.path().join(this.entry_name(&sha)),
+                Duration::from_secs(age),
+            );
+        }
+        // A hit makes `a`, the oldest, the most recently used.
+        assert!(open.load(&engine, &a).is_some(), "a hit");
+        open.store(&d, &artifact);
+        let present = |sha: &[u8; 32]| root.path().join(this.entry_name(sha)).exists();
+        assert!(!present(&b), "b was the least recently used");
+        assert!(present(&a) && present(&c) && present(&d));
+        assert!(entries_total(&this) <= this.max_bytes);
+
+        set_age(
+            &root.path().join(this.entry_name(&d)),
+            Duration::from_secs(50),
+        );
+        open.store(&e, &artifact);
+        assert!(!present(&c), "then c");
+        assert!(present(&a) && present(&d) && present(&e));
+        assert!(entries_total(&this) <= this.max_bytes);
+        let listing = this.list().expect("lists");
+        let order: Vec<&str> = listing
+            .entries
+            .iter()
+            .map(|e| &e.component_sha256[..2])
+            .collect();
+        assert_eq!(order, ["0e", "0a", "0d"], "most recently used first");
+    }
+
+    #[test]
+    fn eviction_and_clear_never_touch_the_key_or_files_not_ours() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let outside = tempfile::tempdir().expect("temp dir");
+        let mut this = cache(root.path(), [1; 32]);
+        this.max_bytes = 100;
+        let open = this.open().expect("trusted");
+        let dir = root.path();
+        let entry_like = format!("{}-{}.v2.cwasm", "1".repeat(64), "2".repeat(16));
+        std::fs::write(dir.join("notes.txt"), vec![0u8; 4096]).expect("write");
+        std::fs::write(dir.join("almost.v2.cwasm"), vec![0u8; 4096]).expect("write");
+        // A link named like an entry, to a file elsewhere: neither is deleted.
+        let target = outside.path().join("precious");
+        std::fs::write(&target, vec![0u8; 4096]).expect("write");
+        std::os::unix::fs::symlink(&target, dir.join(&entry_like)).expect("symlink");
+        // A directory named like an entry.
+        let dir_like = format!("{}-{}.cwasm", "3".repeat(64), "4".repeat(16));
+        std::fs::create_dir(dir.join(&dir_like)).expect("mkdir");
+        // Temporary files of entries: a crashed writer's (old) and one in flight (new).
+        let stale = format!(
+            ".{}-{}.v2.cwasm.{}.tmp",
+            "5".repeat(64),
+            "6".repeat(16),
+            "7".repeat(16)
+        );
+        let fresh = format!(
+            ".{}-{}.v2.cwasm.{}.tmp",
+            "8".repeat(64),
+            "9".repeat(16),
+            "a".repeat(16)
+        );
+        std::fs::write(dir.join(&stale), b"x").expect("write");
+        set_age(&dir.join(&stale), STALE_TEMP * 2);
+        std::fs::write(dir.join(&fresh), b"x").expect("write");
+
+        // A store that cannot fit writes nothing; one that fits evicts down to the bound.
+        open.store(&[1; 32], &[0u8; 200]);
+        assert!(!dir.join(this.entry_name(&[1; 32])).exists());
+        open.store(&[2; 32], &[0u8; 10]);
+        open.store(&[3; 32], &[0u8; 10]);
+        assert!(!dir.join(this.entry_name(&[2; 32])).exists(), "evicted");
+        assert!(
+            dir.join(this.entry_name(&[3; 32])).exists(),
+            "the new one stays"
+        );
+        assert!(
+            !dir.join(&stale).exists(),
+            "a crashed writer's leftover goes"
+        );
+        for kept in [
+            KEY_FILE,
+            "notes.txt",
+            "almost.v2.cwasm",
+            &entry_like,
+            &dir_like,
+            &fresh,
+        ] {
+            assert!(
+                std::fs::symlink_metadata(dir.join(kept)).is_ok(),
+                "{kept} kept by eviction"
+            );
+        }
+
+        let cleared = this.clear().expect("clears");
+        assert_eq!(
+            cleared.files, 2,
+            "the entry and the temporary file in flight"
+        );
+        assert!(this.list().expect("lists").entries.is_empty());
+        let left = names(dir);
+        for kept in [
+            KEY_FILE,
+            "notes.txt",
+            "almost.v2.cwasm",
+            &entry_like,
+            &dir_like,
+        ] {
+            assert!(
+                left.iter().any(|n| n == kept),
+                "{kept} kept by clear: {left:?}"
+            );
+        }
+        assert!(target.exists(), "the link's target is untouched");
+        // The key survived: a new entry verifies with the same key.
+        let reopened = this.open().expect("trusted");
+        assert_eq!(reopened.key, open.key);
+    }
+
+    #[test]
+    fn names_of_entries_and_their_temporary_files_are_recognised() {
+        let (sha, engine) = ("ab".repeat(32), "cd".repeat(8));
+        let entry = format!("{sha}-{engine}.v2.cwasm");
+        assert_eq!(
+            classify(&entry),
+            Some(FileKind::Entry {
+                component: &sha,
+                engine: &engine
+            })
+        );
+        assert!(matches!(
+            classify(&format!("{sha}-{engine}.cwasm")),
+            Some(FileKind::Entry { .. })
+        ));
+        assert_eq!(
+            classify(&format!(".{entry}.{}.tmp", "0".repeat(16))),
+            Some(FileKind::Temp)
+        );
+        for not_ours in [
+            KEY_FILE.to_owned(),
+            format!(".{KEY_FILE}.{}.tmp", "0".repeat(16)),
+            format!("{}-{engine}.v2.cwasm", "AB".repeat(32)),
+            format!("{sha}-{engine}.v2.cwasm.bak"),
+            format!("{sha}.v2.cwasm"),
+            format!(".{entry}.xyz.tmp"),
+            "notes.txt".to_owned(),
+        ] {
+            assert_eq!(classify(&not_ours), None, "{not_ours}");
+        }
+    }
+
+    #[test]
+    fn a_missing_cache_lists_empty_without_being_created() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let dir = root.path().join("not-yet");
+        let this = cache(&dir, [1; 32]);
+        let listing = this.list().expect("lists");
+        assert!(listing.entries.is_empty() && listing.total == 0);
+        assert_eq!(this.clear().expect("clears"), CacheCleared::default());
+        assert!(!dir.exists());
     }
 
     #[test]

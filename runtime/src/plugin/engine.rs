@@ -11,13 +11,13 @@ use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Config, Engine};
 
 use super::bindings::{self, health, hooks, plugin, reconnect};
-use super::cache::{self, ComponentCache};
+use super::cache::{self, CacheCleared, CacheError, CacheListing, ComponentCache};
 use super::compile::{self, CompileOptions};
 use super::error::LoadError;
 use super::sandbox::StoreState;
 use super::text;
 use crate::builtin;
-use crate::policy::{PluginSource, Role};
+use crate::policy::{PluginSource, Role, Sha256Pin};
 
 /// The WIT package version this runtime provides. Guests built for any `0.1.x` load: imports
 /// and exports are matched semver-compatibly (an older guest simply does not use what later
@@ -103,42 +103,91 @@ impl PluginEngine {
         ComponentCache::default_dir()
     }
 
+    /// The compiled-plugin cache's entries, most recently used first
+    /// (`ssm-tether plugin cache list`).
+    ///
+    /// # Errors
+    /// No cache directory, a distrusted one, or the directory cannot be read.
+    pub fn cache_list(&self) -> Result<CacheListing, CacheError> {
+        self.inner.cache.as_ref().ok_or(CacheError::NoCache)?.list()
+    }
+
+    /// Empties the compiled-plugin cache (`ssm-tether plugin cache clear`): every entry goes,
+    /// its key and files that are not entries stay.
+    ///
+    /// # Errors
+    /// No cache directory, a distrusted one, or a file cannot be removed.
+    pub fn cache_clear(&self) -> Result<CacheCleared, CacheError> {
+        self.inner
+            .cache
+            .as_ref()
+            .ok_or(CacheError::NoCache)?
+            .clear()
+    }
+
     /// Loads a plugin: reads it, compiles it (or takes it from the cache), finds its world and
     /// checks its imports. Does not run any of its code.
     ///
     /// # Errors
     /// See [`LoadError`]; every variant names the plugin.
     pub async fn load(&self, source: &PluginSource) -> Result<Arc<LoadedPlugin>, LoadError> {
+        self.load_pinned(source, None).await
+    }
+
+    /// Like [`Self::load`], refusing the plugin unless the bytes read hash to `pin` (the
+    /// entry's `sha256`). The check is on the very bytes that are then compiled, before the
+    /// compiler or the cache sees them.
+    ///
+    /// # Errors
+    /// [`LoadError::PinMismatch`] naming both hashes, or any error of [`Self::load`].
+    pub async fn load_pinned(
+        &self,
+        source: &PluginSource,
+        pin: Option<&Sha256Pin>,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
         let label = source.to_string();
-        let bytes: Arc<[u8]> = match source {
-            PluginSource::Builtin(name) => builtin::get(name)
-                .ok_or_else(|| LoadError::UnknownBuiltin {
-                    plugin: label.clone(),
-                    known: builtin::names(),
-                })?
-                .into(),
-            PluginSource::File(path) => read_bounded(path)
-                .await
-                .map_err(|source| LoadError::Read {
-                    plugin: label.clone(),
-                    path: path.clone(),
-                    source,
-                })?
-                .into(),
-        };
+        let bytes = read_source(source, &label).await?;
+        let pin = pin.copied();
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.load_blocking(label, bytes))
+        tokio::task::spawn_blocking(move || this.load_blocking(label, bytes, pin))
             .await
             .map_err(|e| LoadError::Engine(format!("compile task failed: {e}")))?
+    }
+
+    /// The sha256 of a plugin's component, read exactly as a load reads it, for
+    /// `sha256 = "…"` (`ssm-tether plugin pin`). Nothing is compiled; bytes that are not a
+    /// component are refused, so that a pin is never written for the wrong file.
+    ///
+    /// # Errors
+    /// The file cannot be read or is not a component ([`LoadError`]).
+    pub async fn fingerprint(source: &PluginSource) -> Result<Sha256Pin, LoadError> {
+        let label = source.to_string();
+        let bytes = read_source(source, &label).await?;
+        tokio::task::spawn_blocking(move || {
+            check_header(&label, &bytes)?;
+            Ok(Sha256Pin(digest(&bytes)))
+        })
+        .await
+        .map_err(|e| LoadError::Engine(format!("hash task failed: {e}")))?
     }
 
     fn load_blocking(
         &self,
         label: String,
         bytes: Arc<[u8]>,
+        pin: Option<Sha256Pin>,
     ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let digest = digest(&bytes);
+        if let Some(pin) = pin
+            && pin.0 != digest
+        {
+            return Err(LoadError::PinMismatch {
+                plugin: label,
+                expected: pin.to_string(),
+                actual: hex::encode(digest),
+            });
+        }
         check_header(&label, &bytes)?;
-        let digest: [u8; 32] = Sha256::digest(&bytes).into();
         let sha256 = hex::encode(digest);
         let engine = &self.inner.engine;
         let component = self.compiled(&label, &bytes, &digest)?;
@@ -329,6 +378,32 @@ async fn read_bounded(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
         })
     });
     read.await.map_err(std::io::Error::other)?
+}
+
+/// The bytes of a plugin: embedded, or read from its file as a trusted file (bounded, regular
+/// files only). Read once: what is hashed, pinned and compiled is this one buffer.
+async fn read_source(source: &PluginSource, label: &str) -> Result<Arc<[u8]>, LoadError> {
+    Ok(match source {
+        PluginSource::Builtin(name) => builtin::get(name)
+            .ok_or_else(|| LoadError::UnknownBuiltin {
+                plugin: label.to_owned(),
+                known: builtin::names(),
+            })?
+            .into(),
+        PluginSource::File(path) => read_bounded(path)
+            .await
+            .map_err(|source| LoadError::Read {
+                plugin: label.to_owned(),
+                path: path.clone(),
+                source,
+            })?
+            .into(),
+    })
+}
+
+/// The sha256 of a component: the compile cache's key and what `sha256 = "…"` pins.
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
 }
 
 /// Recognises a component before handing it to Cranelift, for a message that says what the

@@ -19,6 +19,20 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    /// The component does not hash to the `sha256` its policy entry pins.
+    #[error(
+        "plugin {plugin}: refused: the policy file pins sha256 = \"{expected}\" but the \
+         component's sha256 is {actual}; if this component is the one to trust, pin it again \
+         (ssm-tether plugin pin)"
+    )]
+    PinMismatch {
+        /// The plugin.
+        plugin: String,
+        /// The sha256 the policy file pins, hex.
+        expected: String,
+        /// The sha256 of the bytes read, hex.
+        actual: String,
+    },
     /// No built-in plugin has this name.
     #[error("plugin {plugin}: no such built-in plugin (built-ins: {known})")]
     UnknownBuiltin {

@@ -63,8 +63,8 @@ impl PluginInstance {
     /// Loads (or takes from the cache), instantiates and initialises a plugin for `role`.
     ///
     /// # Errors
-    /// Missing file, not a component, wrong world or version, a trap during start-up, or a
-    /// config rejected by `init`, each naming the plugin.
+    /// Missing file, not a component, a `sha256` pin it does not match, wrong world or
+    /// version, a trap during start-up, or a config rejected by `init`, each naming the plugin.
     pub async fn start(
         engine: &PluginEngine,
         spec: &PluginSpec,
@@ -72,7 +72,9 @@ impl PluginInstance {
         tunnel: TunnelInfo,
         link: TunnelLink,
     ) -> Result<Self, LoadError> {
-        let loaded = engine.load(&spec.source).await?;
+        let loaded = engine
+            .load_pinned(&spec.source, spec.sha256.as_ref())
+            .await?;
         loaded.expect_role(role)?;
         let rates = PluginRates::default();
         let host = HostContext::new(&tunnel.name, link.clone(), rates.clone());

@@ -28,6 +28,9 @@ mod set;
 pub mod text;
 mod trusted_dir;
 
+pub use cache::{
+    CACHE_MAX_ENV, CacheCleared, CacheEntry, CacheError, CacheListing, DEFAULT_CACHE_MAX_BYTES,
+};
 pub use capability::{TcpTarget, TunnelLink};
 pub use compile::{
     CompileOptions, DEFAULT_COMPILE_MEMORY, DEFAULT_COMPILE_TIMEOUT, Isolation, compile_worker_main,

@@ -94,6 +94,17 @@ impl TrustedDir {
     }
 }
 
+/// A regular file of this user in a [`TrustedDir`], as [`TrustedDir::files`] lists it.
+#[derive(Clone, Debug)]
+pub(crate) struct DirFile {
+    /// Its name in the directory.
+    pub(crate) name: String,
+    /// Its size, bytes.
+    pub(crate) size: u64,
+    /// Its modification time: for a cache entry, its last use.
+    pub(crate) modified: std::time::SystemTime,
+}
+
 #[cfg(unix)]
 mod imp {
     use std::fs::File;
@@ -103,7 +114,7 @@ mod imp {
     use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
     use rustix::io::Errno;
 
-    use super::{Distrust, Privacy, TrustedDir};
+    use super::{DirFile, Distrust, Privacy, TrustedDir};
 
     impl TrustedDir {
         /// Opens `path`, creating it (and missing parents) private to the user first if it
@@ -210,6 +221,77 @@ mod imp {
             }
         }
 
+        /// Sets the modification (and access) time of `name` to now, without following a
+        /// link: how the cache records that an entry was used, for least-recently-used
+        /// eviction (atime alone is unreliable: `noatime`, `relatime`).
+        pub(crate) fn touch(&self, name: &str) -> std::io::Result<()> {
+            let now = rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_NOW,
+            };
+            let times = rustix::fs::Timestamps {
+                last_access: now,
+                last_modification: now,
+            };
+            rustix::fs::utimensat(&self.fd, name, &times, AtFlags::SYMLINK_NOFOLLOW)?;
+            Ok(())
+        }
+
+        /// Every regular file of this user in the directory whose name `wanted` accepts, at
+        /// most `max` of them (a directory stuffed with garbage cannot make a listing
+        /// unbounded). Links, other users' files and anything else are left out; a file
+        /// that vanishes while listed (another process evicted it) is skipped.
+        pub(crate) fn files(
+            &self,
+            wanted: impl Fn(&str) -> bool,
+            max: usize,
+        ) -> std::io::Result<Vec<DirFile>> {
+            let euid = rustix::process::geteuid().as_raw();
+            let mut files = Vec::new();
+            for entry in rustix::fs::Dir::read_from(&self.fd)? {
+                let entry = entry?;
+                let Ok(name) = entry.file_name().to_str() else {
+                    continue;
+                };
+                if !wanted(name) {
+                    continue;
+                }
+                let stat = match rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(stat) => stat,
+                    Err(Errno::NOENT) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile
+                    || stat.st_uid != euid
+                {
+                    continue;
+                }
+                let modified = std::time::UNIX_EPOCH
+                    + std::time::Duration::new(
+                        u64::try_from(stat.st_mtime).unwrap_or(0),
+                        u32::try_from(stat.st_mtime_nsec).unwrap_or(0),
+                    );
+                files.push(DirFile {
+                    name: name.to_owned(),
+                    size: u64::try_from(stat.st_size).unwrap_or(0),
+                    modified,
+                });
+                if files.len() >= max {
+                    break;
+                }
+            }
+            Ok(files)
+        }
+
+        /// Removes `name` (never a directory); `Ok(false)` if it was already gone.
+        pub(crate) fn remove(&self, name: &str) -> std::io::Result<bool> {
+            match rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()) {
+                Ok(()) => Ok(true),
+                Err(Errno::NOENT) => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        }
+
         /// A new file, mode 0600, holding `parts`, synced; its name.
         fn write_temp(&self, name: &str, parts: &[&[u8]]) -> std::io::Result<String> {
             let tmp = format!(".{name}.{:016x}.tmp", rand::random::<u64>());
@@ -282,7 +364,7 @@ mod imp {
 mod imp {
     use std::path::Path;
 
-    use super::{Distrust, Privacy, TrustedDir};
+    use super::{DirFile, Distrust, Privacy, TrustedDir};
 
     fn unsupported() -> std::io::Error {
         std::io::Error::new(
@@ -314,6 +396,25 @@ mod imp {
 
         /// Never called: no `TrustedDir` exists on this platform.
         pub(crate) fn create_new(&self, _name: &str, _bytes: &[u8]) -> std::io::Result<bool> {
+            Err(unsupported())
+        }
+
+        /// Never called: no `TrustedDir` exists on this platform.
+        pub(crate) fn touch(&self, _name: &str) -> std::io::Result<()> {
+            Err(unsupported())
+        }
+
+        /// Never called: no `TrustedDir` exists on this platform.
+        pub(crate) fn files(
+            &self,
+            _wanted: impl Fn(&str) -> bool,
+            _max: usize,
+        ) -> std::io::Result<Vec<DirFile>> {
+            Err(unsupported())
+        }
+
+        /// Never called: no `TrustedDir` exists on this platform.
+        pub(crate) fn remove(&self, _name: &str) -> std::io::Result<bool> {
             Err(unsupported())
         }
     }

@@ -122,7 +122,10 @@
 //!   (a table, given to the plugin's `init` as JSON), `grants` (capabilities, e.g.
 //!   `["tunnel-tcp"]`; default none), and the limits `memory_mb` (2–4096, default 32),
 //!   `cpu` (CPU budget per call, default `50ms`, `200ms` for health checks) and `timeout`
-//!   (wall clock per call, at most `5m`; default `1s`, `5s` for health checks).
+//!   (wall clock per call, at most `5m`; default `1s`, `5s` for health checks), and
+//!   `sha256` (optional: 64 lowercase hex digits, as `ssm-tether plugin pin FILE` prints
+//!   them; the plugin is refused at `check`, start and reload unless its bytes hash to it —
+//!   a pinned `builtin:` changes with every ssm-tether release that changes it).
 //!
 //! Durations are humantime strings: `250ms`, `2s`, `1m 30s`, `1h`. Unknown keys are errors, so a
 //! typo cannot silently fall back to a default. Every error names `file:line:column`, the field
@@ -140,7 +143,7 @@ use std::time::Duration;
 pub use error::{Location, PolicyError};
 pub use plugin_spec::{
     BUILTIN_PREFIX, DEFAULT_PROBE_INTERVAL, DEFAULT_UNHEALTHY_AFTER, Grants, HealthCheckSpec,
-    Limits, PluginSource, PluginSpec, Role, TunnelPluginSpecs,
+    Limits, PluginSource, PluginSpec, Role, Sha256Pin, TunnelPluginSpecs,
 };
 
 pub use crate::aws::AwsSettings;

@@ -38,6 +38,36 @@ impl fmt::Display for PluginSource {
     }
 }
 
+/// The sha256 a plugin entry pins its component to (`sha256 = "…"`): the plugin is refused
+/// unless the bytes read at load time hash to it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sha256Pin(pub [u8; 32]);
+
+impl Sha256Pin {
+    /// Reads 64 lowercase hexadecimal digits; `None` for anything else. Only lowercase, so
+    /// that a pin has one spelling and the policy file compares equal to `plugin pin`'s line.
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.len() != 64 || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(text, &mut digest).ok()?;
+        Some(Self(digest))
+    }
+}
+
+impl fmt::Display for Sha256Pin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for Sha256Pin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sha256Pin({self})")
+    }
+}
+
 /// Per-call limits of a plugin instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -100,6 +130,8 @@ pub struct PluginSpec {
     pub limits: Limits,
     /// Capabilities.
     pub grants: Grants,
+    /// `sha256 = "…"`: the component must hash to this, else it is refused.
+    pub sha256: Option<Sha256Pin>,
 }
 
 impl PluginSpec {
@@ -110,6 +142,7 @@ impl PluginSpec {
             config: "{}".to_owned(),
             limits: Limits::default_for(role),
             grants: Grants::default(),
+            sha256: None,
         }
     }
 }

@@ -11,11 +11,19 @@ use super::{Result, TableReader, with_article};
 use crate::builtin;
 use crate::policy::{
     BUILTIN_PREFIX, DEFAULT_PROBE_INTERVAL, DEFAULT_UNHEALTHY_AFTER, Grants, HealthCheckSpec,
-    PluginSource, PluginSpec, Role,
+    PluginSource, PluginSpec, Role, Sha256Pin,
 };
 
 /// Keys of every plugin entry.
-const PLUGIN_KEYS: &[&str] = &["plugin", "config", "memory_mb", "cpu", "timeout", "grants"];
+const PLUGIN_KEYS: &[&str] = &[
+    "plugin",
+    "config",
+    "memory_mb",
+    "cpu",
+    "timeout",
+    "grants",
+    "sha256",
+];
 /// Extra keys of a health check.
 const HEALTH_KEYS: &[&str] = &["interval", "unhealthy_after"];
 /// Smallest memory cap that lets a Rust component instantiate (its initial memory is ~1 MiB).
@@ -164,6 +172,16 @@ fn read_entry(
     }
     if let Some(grants) = entry.get("grants") {
         spec.grants = read_grants(entry, grants)?;
+    }
+    if let Some(pin) = entry.string("sha256")? {
+        spec.sha256 = Some(Sha256Pin::parse(&pin.value).ok_or_else(|| {
+            entry.src.bad_value(
+                &pin.span,
+                &pin.field,
+                "is not a sha256: 64 lowercase hexadecimal digits, as `ssm-tether plugin pin \
+                 FILE` prints them",
+            )
+        })?);
     }
     Ok(spec)
 }

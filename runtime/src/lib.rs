@@ -28,3 +28,4 @@ pub mod transport;
 pub mod trusted_file;
 pub mod tunnel;
 pub mod version;
+pub mod wake;

@@ -112,7 +112,7 @@ impl BuiltinPolicy {
             };
         }
         match &ctx.cause {
-            Cause::PlannedClose if ctx.attempt == 0 => Decision::Resume {
+            Cause::PlannedClose | Cause::Wakeup(_) if ctx.attempt == 0 => Decision::Resume {
                 after: Duration::ZERO,
             },
             Cause::SessionGone(_) | Cause::ProbeFailed(_) | Cause::MaxDurationReached => {

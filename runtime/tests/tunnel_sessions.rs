@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use ssm_emulator::faults::SideSelection;
 use ssm_tether::events::{CloseReason, EventKind, SessionRole, TunnelEvent};
-use ssm_tether::policy::{LocalAddress, RotationSettings, SlowReaderSettings};
+use ssm_tether::policy::{RotationSettings, SlowReaderSettings};
 use support::{Rig, wait_event};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -285,6 +285,7 @@ async fn rotation_never_breaks_a_short_connection_and_never_makes_one_wait() {
 #[cfg(unix)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unix_socket_local_end_is_private_and_carries_bytes() {
+    use ssm_tether::policy::LocalAddress;
     use std::os::unix::fs::PermissionsExt;
 
     let dir = tempfile::tempdir().expect("tempdir");

@@ -29,6 +29,9 @@ pub enum Cause {
     ProbeFailed(ProbeFailure),
     /// The service ended the session at its maximum duration before a successor took over.
     MaxDurationReached,
+    /// The machine slept or changed networks, so the socket is presumed dead (see
+    /// [`crate::wake`]). Payload: what was seen. Plugins see it as a transport error.
+    Wakeup(String),
 }
 
 /// Why a data-channel WebSocket could not be opened. Never contains a token or a signed URL.
@@ -68,6 +71,7 @@ impl Cause {
             Self::ProtocolError(_) => "protocol_error",
             Self::ProbeFailed(_) => "probe_failed",
             Self::MaxDurationReached => "max_duration_reached",
+            Self::Wakeup(_) => "wakeup",
         }
     }
 
@@ -95,7 +99,8 @@ impl std::fmt::Display for Cause {
             Self::TransportError(detail)
             | Self::HandshakeFailed(detail)
             | Self::SessionGone(detail)
-            | Self::ProtocolError(detail) => write!(f, "{}: {detail}", self.kind()),
+            | Self::ProtocolError(detail)
+            | Self::Wakeup(detail) => write!(f, "{}: {detail}", self.kind()),
         }
     }
 }

@@ -66,6 +66,9 @@ pub(crate) fn cause(cause: &Cause) -> wit::Cause {
         Cause::ProtocolError(d) => wit::Cause::ProtocolError(d.clone()),
         Cause::ProbeFailed(p) => wit::Cause::ProbeFailed(probe_failure(p)),
         Cause::MaxDurationReached => wit::Cause::MaxDurationReached,
+        // The WIT has no case of its own for it (adding one would break every 0.1 guest);
+        // to a policy it is what it amounts to: a socket that cannot be trusted.
+        Cause::Wakeup(d) => wit::Cause::TransportError(d.clone()),
     }
 }
 

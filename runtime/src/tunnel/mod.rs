@@ -302,7 +302,8 @@ impl Tunnel {
             call_timeout: CALL_TIMEOUT,
             terminate_timeout: TERMINATE_BUDGET,
         };
-        let span = tracing::info_span!("tunnel", name = %config.name);
+        // `tunnel`, not `name`: JSON log lines give the span's own name the key `name`.
+        let span = tracing::info_span!("tunnel", tunnel = %config.name);
         let api = Arc::new(api);
         let live = LiveSessions::default();
         let shell_task = tokio::spawn(tracing::Instrument::instrument(
@@ -321,6 +322,7 @@ impl Tunnel {
                     probe_failures,
                     plugins: config.plugins.clone(),
                     shutdown: shutdown_rx,
+                    wakes: crate::wake::subscribe(),
                 },
             ),
             span,

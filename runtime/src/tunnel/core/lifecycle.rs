@@ -343,8 +343,15 @@ impl Core {
             return;
         };
         let attempt = session.recovery.failed(&cause, now);
-        tracing::warn!(session = %session.reference(), cause = %cause, attempt,
-            "recovery attempt failed");
+        // Nothing is being recovered before a first session existed: a new user reads
+        // "recovery" as "it was up and broke".
+        if session.ever_started {
+            tracing::warn!(session = %session.reference(), cause = %cause, attempt,
+                "recovery attempt failed");
+        } else {
+            tracing::warn!(session = %session.reference(), cause = %cause, attempt,
+                "starting the session failed");
+        }
         self.emit_for(
             key,
             EventKind::AttemptFailed {

@@ -536,6 +536,28 @@ impl Core {
         self.check_finished(now);
     }
 
+    /// The machine slept or moved networks ([`crate::wake`]): no open socket can be trusted.
+    /// Forwarding sessions resume now instead of at their pong deadline, and sessions waiting
+    /// out a backoff try now, since what they waited for may have been the network itself.
+    pub fn handle_wake(&mut self, wake: &crate::wake::Wake, now: Instant) {
+        if self.finished || self.stopping.is_some() {
+            return;
+        }
+        for key in self.keys() {
+            let Some(session) = self.session(key) else {
+                continue;
+            };
+            match session.link {
+                Link::Online(_) => {
+                    let cause = crate::events::Cause::Wakeup(wake.to_string());
+                    self.disconnected(key, cause, now);
+                }
+                Link::Waiting { tier, .. } => self.begin(key, tier, now),
+                _ => {}
+            }
+        }
+    }
+
     /// A local connection was accepted; returns its id. Call only while
     /// [`Core::is_accepting`].
     pub fn handle_accept(&mut self, peer: String, now: Instant) -> ConnId {

@@ -482,3 +482,61 @@ fn a_gap_the_agent_never_fills_closes_the_upload_gate_only_for_a_while() {
     }
     assert_eq!(reopened, Some(t0 + patience), "the gate stayed shut");
 }
+
+#[test]
+fn a_wake_resumes_a_forwarding_session_at_once_and_ends_a_backoff_wait() {
+    let t0 = Instant::now();
+    let (mut core, socket) = connected(t0);
+    let wake = crate::wake::Wake::Slept(Duration::from_secs(3600));
+    core.handle_wake(&wake, t0);
+    let after = actions(&mut core);
+    assert!(
+        after.iter().any(
+            |a| matches!(a, Action::CloseSocket { socket: s, graceful: false } if *s == socket)
+        ),
+        "the suspect socket is dropped: {after:?}"
+    );
+    // The builtin policy resumes a wake at once: no timer needs to pass.
+    let resume = after
+        .iter()
+        .find_map(|a| match a {
+            Action::ResumeSession { op, session_id } if session_id == "s-1" => Some(*op),
+            _ => None,
+        })
+        .expect("a resume right away");
+    // The resume fails (the network is not back yet): the session waits out a backoff…
+    core.handle_resumed(resume, Err(throttled("ResumeSession")), t0);
+    let waiting = actions(&mut core);
+    assert!(
+        !waiting
+            .iter()
+            .any(|a| matches!(a, Action::ResumeSession { .. })),
+        "{waiting:?}"
+    );
+    // …which a second sign (the network came back) cuts short.
+    let back = crate::wake::Wake::NetworkChanged("10.0.0.7 appeared".into());
+    core.handle_wake(&back, t0);
+    assert!(
+        actions(&mut core)
+            .iter()
+            .any(|a| matches!(a, Action::ResumeSession { .. })),
+        "the wait ended at the sign"
+    );
+}
+
+#[test]
+fn a_wake_during_shutdown_changes_nothing() {
+    let t0 = Instant::now();
+    let (mut core, _socket) = connected(t0);
+    core.shutdown(t0);
+    actions(&mut core);
+    core.handle_wake(&crate::wake::Wake::Slept(Duration::from_secs(60)), t0);
+    let after = actions(&mut core);
+    assert!(
+        !after.iter().any(|a| matches!(
+            a,
+            Action::ResumeSession { .. } | Action::StartSession { .. }
+        )),
+        "{after:?}"
+    );
+}

@@ -136,6 +136,8 @@ pub(crate) struct Inlets {
     pub(crate) probe_failures: mpsc::Receiver<ProbeFailure>,
     pub(crate) plugins: watch::Receiver<Arc<TunnelPlugins>>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Signs that the machine slept or moved networks.
+    pub(crate) wakes: watch::Receiver<crate::wake::WakeSignal>,
 }
 
 struct Shell<A> {
@@ -202,6 +204,14 @@ pub(crate) async fn run<A: SessionApi>(
             _ = inlets.shutdown.changed(), if !shutting_down => {
                 shutting_down = true;
                 shell.core.shutdown(Instant::now());
+            }
+            // Before the socket's inputs and the timers: after a sleep they are all ready at
+            // once, and the sockets they concern are the ones presumed dead.
+            Ok(()) = inlets.wakes.changed() => {
+                let wake = inlets.wakes.borrow_and_update().wake.clone();
+                if let Some(wake) = wake {
+                    shell.core.handle_wake(&wake, Instant::now());
+                }
             }
             Some(input) = control_rx.recv() => shell.dispatch(input),
             Some(input) = data_rx.recv() => {

@@ -393,6 +393,25 @@ async fn a_second_signal_exits_at_once_and_names_the_sessions_that_may_remain() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_at_trace_level_logs_no_token_credential_or_signature() {
+    trace_log_has_no_secret(&[]).await;
+}
+
+/// JSON lines carry the same fields as text lines, escaped differently: the same scan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_at_trace_level_have_no_token_credential_or_signature() {
+    let log = trace_log_has_no_secret(&["--log-format", "json"]).await;
+    for line in &log {
+        let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
+        assert!(
+            parsed.is_ok_and(|v| v.is_object()),
+            "not a JSON object: {line}"
+        );
+    }
+}
+
+/// Runs a tunnel at `RUST_LOG=trace` through traffic and a recycle, with a session token and
+/// proxy passwords in play, and checks that the log names none of them; returns the log.
+async fn trace_log_has_no_secret(global: &[&str]) -> Vec<String> {
     const SECRET: &str = "SECRETKEY-trace-scan";
     const SESSION_TOKEN: &str = "SESSIONTOKEN-trace-scan";
     const PROXY_PASSWORD: &str = "PROXYPASSWORD-trace-scan";
@@ -417,6 +436,7 @@ async fn run_at_trace_level_logs_no_token_credential_or_signature() {
     );
     std::fs::write(&policy, with_proxy).expect("policy");
     let mut child = ssm_tether()
+        .args(global)
         .arg("run")
         .arg(&policy)
         .env("RUST_LOG", "trace")
@@ -470,6 +490,7 @@ async fn run_at_trace_level_logs_no_token_credential_or_signature() {
         let leaked: Vec<&String> = log.iter().filter(|l| l.contains(secret)).collect();
         assert!(leaked.is_empty(), "{secret} in the log: {leaked:?}");
     }
+    log
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

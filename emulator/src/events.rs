@@ -162,6 +162,8 @@ struct State {
     history: Vec<Arc<Record>>,
     counters: BTreeMap<String, u64>,
     writer: Option<Box<dyn Write + Send>>,
+    /// Records kept before the oldest half is dropped.
+    cap: usize,
 }
 
 /// How many records the in-memory history keeps before dropping the oldest half. A long run
@@ -177,6 +179,13 @@ impl Default for EventLog {
 impl EventLog {
     /// A log that also writes one JSON line per record to `writer`, if given.
     pub fn new(writer: Option<Box<dyn Write + Send>>) -> Self {
+        Self::with_history_cap(writer, HISTORY_CAP)
+    }
+
+    /// A log whose in-memory history keeps at most `cap` records (at least 2): a soak of
+    /// days measures the memory of the tunnel, not of a million kept frame records.
+    /// Counters and the writer see every record regardless.
+    pub fn with_history_cap(writer: Option<Box<dyn Write + Send>>, cap: usize) -> Self {
         let (live, _) = broadcast::channel(4096);
         Self {
             inner: Arc::new(Inner {
@@ -186,6 +195,7 @@ impl EventLog {
                     history: Vec::new(),
                     counters: BTreeMap::new(),
                     writer,
+                    cap: cap.max(2),
                 }),
             }),
         }
@@ -214,8 +224,9 @@ impl EventLog {
                     let _ = writeln!(writer, "{line}");
                 }
             }
-            if state.history.len() >= HISTORY_CAP {
-                state.history.drain(..HISTORY_CAP / 2);
+            if state.history.len() >= state.cap {
+                let half = state.cap / 2;
+                state.history.drain(..half);
             }
             state.history.push(record.clone());
         }
@@ -282,6 +293,20 @@ impl EventLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_capped_history_keeps_recent_records_and_every_count() {
+        let log = EventLog::with_history_cap(None, 4);
+        for _ in 0..10 {
+            log.emit(Event::Fault {
+                session_id: None,
+                kind: "x".to_owned(),
+                detail: String::new(),
+            });
+        }
+        assert!(log.snapshot().len() <= 4);
+        assert_eq!(log.counter("fault.x"), 10);
+    }
 
     #[test]
     fn records_serialize_as_flat_json_lines_and_count() {

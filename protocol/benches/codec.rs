@@ -1,7 +1,7 @@
 //! Codec benchmarks. Target (issue #2): encode + decode of a 1024-byte `input_stream_data`
 //! message, SHA-256 both ways, under 3 µs per round trip on a 2-core machine.
 //!
-//! Run with `cargo bench -p ssm-tether --bench codec`.
+//! Run with `cargo bench --profile release -p ssm-tether-protocol --bench codec`.
 
 #![allow(missing_docs)]
 

@@ -3,7 +3,8 @@
 //! throttled resumes with abrupt resets, service-side terminations). Prints numbers, asserts
 //! nothing.
 //!
-//! `cargo bench -p ssm-tether --bench simulated [-- RECYCLES]` (default 10 000).
+//! `cargo bench --profile release -p ssm-tether --bench simulated [-- RECYCLES]` (default
+//! 10 000).
 
 #![allow(missing_docs, clippy::unwrap_used)]
 

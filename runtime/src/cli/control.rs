@@ -1,5 +1,5 @@
-//! `ssm-tether status` and `ssm-tether reload`: clients of a running `run`'s control socket
-//! (`ssm_tether::ops::control`).
+//! `ssm-tether status` and `ssm-tether reload`: clients of a running `run`'s control endpoint
+//! (`ssm_tether::ops::control`): its Unix socket, or its named pipe on Windows.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,9 +19,10 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, clap::Args)]
 pub(crate) struct Target {
     /// The policy file the running `ssm-tether run` was given (finds its control socket);
-    /// without it, the only control socket under $XDG_RUNTIME_DIR/ssm-tether/.
+    /// without it, the only control socket under $XDG_RUNTIME_DIR/ssm-tether/ (Windows: the
+    /// only \\.\pipe\ssm-tether-* pipe).
     policy: Option<PathBuf>,
-    /// The control socket, as given to `run --control`.
+    /// The control socket (Windows: pipe), as given to `run --control`.
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
 }
@@ -37,22 +38,14 @@ pub(crate) struct StatusArgs {
 }
 
 impl Target {
-    /// The control socket: `--control`, else the policy file's (the first candidate that
+    /// The control endpoint: `--control`, else the policy file's (the first candidate that
     /// exists), else the only one there is.
     fn path(&self) -> Result<PathBuf, ControlError> {
         if let Some(path) = &self.control {
             return Ok(path.clone());
         }
         match &self.policy {
-            Some(policy) => {
-                let candidates = control::candidates(policy);
-                Ok(candidates
-                    .iter()
-                    .find(|p| p.exists())
-                    .or(candidates.first())
-                    .cloned()
-                    .unwrap_or_else(|| control::default_path(policy)))
-            }
+            Some(policy) => Ok(control::locate(policy)),
             None => control::find_only(),
         }
     }

@@ -1,5 +1,10 @@
 //! `ssm-tether install-plugin [DIR]`: a `session-manager-plugin` link to this binary, so that
 //! the AWS CLI runs ssm-tether for `aws ssm start-session`.
+//!
+//! On Unix the link is symbolic. On Windows it is `session-manager-plugin.exe`, a hard link
+//! (a symbolic link needs a privilege or developer mode there); it must be on the binary's
+//! volume, and after ssm-tether is replaced by a new build it still runs the old one until
+//! `install-plugin` is run again.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::EXIT_USAGE;
-use super::drop_in::PLUGIN_NAME;
+use super::drop_in::PLUGIN_FILE;
 
 /// Arguments of `install-plugin`.
 #[derive(Debug, clap::Args)]
@@ -37,7 +42,7 @@ pub(crate) fn run(args: &InstallArgs) -> anyhow::Result<ExitCode> {
         eprintln!("ssm-tether: {} is not a directory", dir.display());
         return Ok(ExitCode::from(EXIT_USAGE));
     }
-    let link = dir.join(PLUGIN_NAME);
+    let link = dir.join(PLUGIN_FILE);
     match std::fs::symlink_metadata(&link) {
         Ok(_) if points_to(&link, &binary) => {
             println!("{} already runs {}", link.display(), binary.display());
@@ -47,13 +52,13 @@ pub(crate) fn run(args: &InstallArgs) -> anyhow::Result<ExitCode> {
         Ok(_) if !args.force => {
             eprintln!(
                 "ssm-tether: {} already exists and is not ssm-tether (the official plugin?); \
-                 pass --force to replace it (it is kept as {PLUGIN_NAME}.orig)",
+                 pass --force to replace it (it is kept as {PLUGIN_FILE}.orig)",
                 link.display()
             );
             return Ok(ExitCode::from(EXIT_USAGE));
         }
         Ok(_) => {
-            let backup = dir.join(format!("{PLUGIN_NAME}.orig"));
+            let backup = dir.join(format!("{PLUGIN_FILE}.orig"));
             std::fs::rename(&link, &backup).with_context(|| {
                 format!("cannot move {} to {}", link.display(), backup.display())
             })?;
@@ -67,10 +72,13 @@ pub(crate) fn run(args: &InstallArgs) -> anyhow::Result<ExitCode> {
         Err(err) => return Err(err).with_context(|| format!("cannot inspect {}", link.display())),
     }
     // Create under a temporary name and rename: the link appears whole or not at all.
-    let staging = dir.join(format!(".{PLUGIN_NAME}.{}", std::process::id()));
+    let staging = dir.join(format!(".{PLUGIN_FILE}.{}", std::process::id()));
     let _ = std::fs::remove_file(&staging);
-    std::os::unix::fs::symlink(&binary, &staging)
-        .with_context(|| format!("cannot create a link in {}", dir.display()))?;
+    #[cfg(unix)]
+    let linked = std::os::unix::fs::symlink(&binary, &staging);
+    #[cfg(windows)]
+    let linked = std::fs::hard_link(&binary, &staging);
+    linked.with_context(|| format!("cannot create a link in {}", dir.display()))?;
     if let Err(err) = std::fs::rename(&staging, &link) {
         let _ = std::fs::remove_file(&staging);
         return Err(err).with_context(|| format!("cannot create {}", link.display()));
@@ -80,15 +88,47 @@ pub(crate) fn run(args: &InstallArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether `link` runs `binary`: resolves to it (Unix), or is the same file — or a copy of
+/// it, byte for byte (Windows, where a hard link cannot be told from its target without
+/// unstable APIs).
 fn points_to(link: &Path, binary: &Path) -> bool {
-    std::fs::canonicalize(link).is_ok_and(|target| target == binary)
+    #[cfg(unix)]
+    {
+        std::fs::canonicalize(link).is_ok_and(|target| target == binary)
+    }
+    #[cfg(windows)]
+    {
+        let same_size = match (std::fs::metadata(link), std::fs::metadata(binary)) {
+            (Ok(a), Ok(b)) => a.len() == b.len(),
+            _ => false,
+        };
+        same_size && same_bytes(link, binary).unwrap_or(false)
+    }
+}
+
+/// Whether two files hold the same bytes.
+#[cfg(windows)]
+fn same_bytes(a: &Path, b: &Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let (mut a, mut b) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
+    let (mut x, mut y) = (vec![0; 1 << 16], vec![0; 1 << 16]);
+    loop {
+        let n = a.read(&mut x)?;
+        if n == 0 {
+            return Ok(b.read(&mut y[..1])? == 0);
+        }
+        b.read_exact(&mut y[..n])?;
+        if x[..n] != y[..n] {
+            return Ok(false);
+        }
+    }
 }
 
 /// The AWS CLI runs the first `session-manager-plugin` on PATH: say so if that is not ours.
 fn warn_about_path(dir: &Path, link: &Path) {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let first = std::env::split_paths(&path)
-        .map(|entry| entry.join(PLUGIN_NAME))
+        .map(|entry| entry.join(PLUGIN_FILE))
         .find(|candidate| candidate.exists());
     let ours = std::fs::canonicalize(link).ok();
     match first {

@@ -8,15 +8,23 @@ mod check;
 mod control;
 #[cfg(feature = "emulator")]
 mod demo;
+mod docs;
 pub(crate) mod drop_in;
 #[cfg(feature = "emulator")]
 mod emulator;
 mod frame;
 mod install;
+mod logging;
 mod plugin;
 mod run;
+pub(crate) mod signal;
+#[cfg(feature = "emulator")]
+mod soak;
 
 use std::path::PathBuf;
+
+pub(crate) use logging::{flush_logs, init_logging, init_logging_with};
+pub(crate) use signal::shutdown_signal;
 
 /// Exit status: an unrecoverable error at run time (a tunnel gave up, the demo lost bytes).
 pub(crate) const EXIT_FAILURE: u8 = 1;
@@ -29,6 +37,15 @@ pub(crate) const EXIT_BIND: u8 = 3;
 #[derive(Debug, Parser)]
 #[command(name = "ssm-tether", version, about, long_about = None)]
 pub(crate) struct Cli {
+    /// Log lines as text (the default) or as JSON objects, one a line, for log collectors.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        value_name = "FORMAT"
+    )]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,7 +58,8 @@ enum Command {
         /// The policy file (TOML), e.g. examples/tunnels.toml.
         policy: PathBuf,
         /// The control socket `status` and `reload` talk to. Default:
-        /// $XDG_RUNTIME_DIR/ssm-tether/NAME-HASH.sock, or .NAME.sock next to the policy file.
+        /// $XDG_RUNTIME_DIR/ssm-tether/NAME-HASH.sock, or .NAME.sock next to the policy file
+        /// (Windows: the named pipe \\.\pipe\ssm-tether-NAME-HASH).
         #[arg(long, value_name = "PATH")]
         control: Option<PathBuf>,
     },
@@ -65,10 +83,16 @@ enum Command {
     /// termination, against the built-in emulator (no AWS account needed).
     #[cfg(feature = "emulator")]
     Demo(demo::DemoArgs),
+    /// Days of the service's failures compressed into minutes against the built-in emulator
+    /// (recycles, stale cells, failing resumes, frame loss, black holes, terminations,
+    /// rotation), with checksummed traffic; reports what survived and exits 1 on any loss.
+    #[cfg(feature = "emulator")]
+    Soak(soak::SoakArgs),
     /// Decode or encode SSM data-channel frames (ClientMessage), e.g. captured from a session.
     #[command(subcommand)]
     Frame(frame::FrameCommand),
-    /// Tools for plugin authors: inspect a component, call it with a sample event.
+    /// Tools for plugins: inspect a component, call it with a sample event, pin its sha256,
+    /// list or clear the compile cache.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
     /// Run a local SSM service and agent emulator with fault injection (no AWS needed).
@@ -87,12 +111,17 @@ enum Command {
     /// SSH over SSM on stdin/stdout, resumed across recycles: `ProxyCommand ssm-tether
     /// ssh-proxy %h %p` in ~/.ssh/config.
     SshProxy(drop_in::ssh_proxy::SshProxyArgs),
+    /// Print a shell completion script to stdout: bash, zsh, fish, elvish or powershell.
+    Completions(docs::CompletionsArgs),
+    /// Print the manual page (roff) to stdout, or write one page per command into DIR.
+    Man(docs::ManArgs),
 }
 
 /// Runs the parsed command and returns the process exit status.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    logging::set_log_format(cli.log_format);
     if cli.command.prints_and_exits() {
-        die_quietly_on_closed_stdout();
+        signal::die_quietly_on_closed_stdout();
     }
     match cli.command {
         Command::Run { policy, control } => run::run(&policy, control.as_deref()),
@@ -101,6 +130,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { policy, online } => check::run(&policy, online),
         #[cfg(feature = "emulator")]
         Command::Demo(args) => demo::run(args),
+        #[cfg(feature = "emulator")]
+        Command::Soak(args) => soak::run(args),
         Command::Frame(command) => frame::run(command),
         Command::Plugin(command) => plugin::run(command),
         #[cfg(feature = "emulator")]
@@ -108,6 +139,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::SessionManagerPlugin { args } => drop_in::run(&args),
         Command::InstallPlugin(args) => install::run(&args),
         Command::SshProxy(args) => drop_in::ssh_proxy::run(args),
+        Command::Completions(args) => docs::completions(&args),
+        Command::Man(args) => docs::man(&args),
     }
 }
 
@@ -121,122 +154,16 @@ impl Command {
             | Self::Plugin(_)
             | Self::InstallPlugin(_)
             | Self::Status(_)
-            | Self::Reload(_) => true,
+            | Self::Reload(_)
+            | Self::Completions(_)
+            | Self::Man(_) => true,
             // They keep tunnels (or an emulator) up: a closed log reader must not end them,
             // and stdout of a stream session is the stream (a write error ends it cleanly).
             Self::Run { .. } | Self::SessionManagerPlugin { .. } | Self::SshProxy(_) => false,
             #[cfg(feature = "emulator")]
-            Self::Demo(_) | Self::Emulator(_) => false,
+            Self::Demo(_) | Self::Soak(_) | Self::Emulator(_) => false,
         }
     }
-}
-
-/// Restores the default action of SIGPIPE, which Rust programs start with ignored: a write to
-/// a closed stdout then ends the process with SIGPIPE (status 141 in a shell), as Unix tools
-/// do, instead of `println!` panicking with a backtrace.
-fn die_quietly_on_closed_stdout() {
-    // SAFETY: called on the main thread before any other thread exists (no runtime yet);
-    // setting a signal's disposition to its default touches no memory of ours.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-}
-
-/// Logs to stderr; `RUST_LOG` overrides the default (`info`).
-pub(crate) fn init_logging() {
-    init_logging_with("info");
-}
-
-/// Logs to stderr; `RUST_LOG` overrides `default` (an `EnvFilter` directive).
-///
-/// Whatever `RUST_LOG` says, the libraries that see secrets are held at `debug`: at `trace`
-/// the WebSocket library prints the upgrade request (signed URL, `Authorization`) and every
-/// frame (the OpenDataChannel token), and the AWS SDK prints response bodies (StartSession's
-/// and ResumeSession's `TokenValue`).
-pub(crate) fn init_logging_with(default: &str) {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::{Layer, fmt};
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let secrets = SECRET_SEEING_TARGETS.iter().fold(
-        Targets::new().with_default(LevelFilter::TRACE),
-        |targets, target| targets.with_target(*target, LevelFilter::DEBUG),
-    );
-    // Written by a thread of its own through a bounded queue that drops lines when full: a
-    // log reader that stops reading (a paused pager, a stuck pipe) must never stall tunnels.
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .thread_name("ssm-tether-log")
-        .finish(std::io::stderr());
-    let layer = fmt::layer()
-        .with_writer(writer)
-        // Colour codes only for a person at a terminal, not into a log file or ssh's stderr.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        // Its default reports a failed write with `eprintln!`, which panics when stderr is a
-        // closed pipe: a daemon whose log reader went away must keep its tunnels up.
-        .log_internal_errors(false)
-        .with_filter(filter)
-        .with_filter(secrets);
-    // A second initialisation (tests) is harmless.
-    if tracing_subscriber::registry()
-        .with(layer)
-        .try_init()
-        .is_ok()
-    {
-        *log_guard() = Some(guard);
-    }
-}
-
-/// Lines the log queue holds before it drops new ones (each line is bounded: plugin text is
-/// cut at 4 KiB, everything else is ours).
-const LOG_QUEUE_LINES: usize = 10_000;
-
-fn log_guard() -> std::sync::MutexGuard<'static, Option<tracing_appender::non_blocking::WorkerGuard>>
-{
-    static GUARD: std::sync::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> =
-        std::sync::Mutex::new(None);
-    GUARD
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Writes out what the log queue still holds (waiting at most about a second, the
-/// appender's own bound); call before the process exits.
-pub(crate) fn flush_logs() {
-    drop(log_guard().take());
-}
-
-/// Crates whose `trace` output carries tokens, credentials or signed URLs.
-const SECRET_SEEING_TARGETS: &[&str] = &[
-    "tungstenite",
-    "tokio_tungstenite",
-    "aws_smithy_runtime",
-    "aws_smithy_runtime_api",
-    "aws_smithy_http_client",
-    "aws_sigv4",
-    "aws_config",
-    "hyper",
-    "hyper_util",
-    "h2",
-];
-
-/// Handles SIGINT and SIGTERM from now on; the future resolves with the signal's name.
-/// Registering early matters: until then either signal ends the process without terminating
-/// the sessions it may already have started.
-pub(crate) fn shutdown_signal() -> anyhow::Result<impl Future<Output = &'static str>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = terminate.recv() => "SIGTERM",
-            _ = interrupt.recv() => "SIGINT",
-        }
-    })
 }
 
 /// Runs `stop` (a shutdown that terminates sessions, which may take up to the tunnel's

@@ -6,7 +6,6 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use ssm_tether::aws::SsmApi;
@@ -38,8 +37,7 @@ pub(crate) fn run(path: &Path, control: Option<&Path>) -> anyhow::Result<ExitCod
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
         // Before anything is started: SIGHUP's default action would end the process.
-        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .context("cannot handle SIGHUP")?;
+        let hangup = super::signal::Reload::register().context("cannot handle SIGHUP")?;
         let shutdown = super::shutdown_signal().context("cannot handle SIGTERM/SIGINT")?;
         let heartbeat = Heartbeat::start();
         let notifier = Notifier::from_env();
@@ -170,28 +168,23 @@ fn bind_control(policy: &Path, explicit: Option<&Path>) -> Result<Option<Control
     }
 }
 
-/// Reloads plugins on SIGHUP, on `ssm-tether reload` (control socket), or when the policy
-/// file or a plugin file changes (polled every second); a failed reload keeps the running
-/// plugins and logs why. Every trigger takes the same path and logs the same lines; systemd
-/// hears `RELOADING=1` before and `READY=1` after.
+/// Reloads plugins on SIGHUP (Unix), on `ssm-tether reload` (control endpoint), or when the policy
+/// file or a plugin file changes (file-system events, debounced; an mtime poll every second
+/// only where no watcher can be created: `Reloader::changed`); a failed reload keeps the
+/// running plugins and logs why. Every trigger takes the same path and logs the same lines;
+/// systemd hears `RELOADING=1` before and `READY=1` after.
 async fn reload_loop(
     reloader: &mut Reloader,
-    mut hangup: tokio::signal::unix::Signal,
+    mut hangup: super::signal::Reload,
     mut requests: mpsc::Receiver<ReloadRequest>,
     notifier: &Notifier,
     board: &Board,
 ) -> std::convert::Infallible {
-    let mut poll = tokio::time::interval(Duration::from_secs(1));
     loop {
         let (trigger, answer) = tokio::select! {
-            _ = hangup.recv() => ("SIGHUP", None),
+            () = hangup.recv() => ("SIGHUP", None),
             Some(request) = requests.recv() => ("ssm-tether reload", Some(request.answer)),
-            _ = poll.tick() => {
-                if !reloader.files_changed() {
-                    continue;
-                }
-                ("file change", None)
-            }
+            () = reloader.changed() => ("file change", None),
         };
         notifier.reloading();
         let report = match reloader.reload().await {

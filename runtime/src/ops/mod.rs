@@ -8,8 +8,9 @@
 //!   `prometheus-client`.
 //! * [`http`]: `GET /metrics`, `GET /healthz` (the [`Heartbeat`] is fresh) and `GET /readyz`
 //!   (every tunnel forwards), on the `[metrics]` address.
-//! * `control` (Unix only): the control socket `ssm-tether status` and `ssm-tether reload`
-//!   talk to: a Unix socket (mode 0600) carrying one line of JSON each way.
+//! * [`control`]: the control endpoint `ssm-tether status` and `ssm-tether reload` talk to:
+//!   a Unix socket (mode 0600) or, on Windows, a named pipe, carrying one line of JSON each
+//!   way.
 //! * [`heartbeat`]: a task that beats every second; a stale beat means a stuck event loop.
 //! * [`notify`]: systemd's `sd_notify` protocol: `READY=1`, `STATUS=`, `WATCHDOG=1`,
 //!   `RELOADING=1`, `STOPPING=1`.
@@ -18,7 +19,7 @@
 //! request reaches whoever owns the reloader through a channel.
 
 pub mod board;
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 pub mod control;
 pub mod heartbeat;
 pub mod http;

@@ -24,8 +24,14 @@ use self::kind::Kind;
 use self::session::LocalEnd;
 use super::EXIT_USAGE;
 
-/// The file name under which the AWS CLI looks the plugin up on `PATH`.
+/// The name under which the AWS CLI looks the plugin up on `PATH`.
 pub(crate) const PLUGIN_NAME: &str = "session-manager-plugin";
+/// The plugin's file name: [`PLUGIN_NAME`], with `.exe` on Windows.
+#[cfg(not(windows))]
+pub(crate) const PLUGIN_FILE: &str = PLUGIN_NAME;
+/// The plugin's file name: [`PLUGIN_NAME`], with `.exe` on Windows.
+#[cfg(windows)]
+pub(crate) const PLUGIN_FILE: &str = "session-manager-plugin.exe";
 
 /// What `--version` prints: a dotted version the AWS CLI accepts without its outdated-plugin
 /// warning (it wants ≥ 1.2.764.0, and > 1.2.497.0 to pass the response in an environment
@@ -39,12 +45,24 @@ pub(crate) fn plugin_version() -> String {
     format!("1.2.1000.{}", major * 10_000 + minor * 100 + patch)
 }
 
-/// Whether the process was started under the plugin's name (argv[0]'s file name).
+/// Whether the process was started under the plugin's name (argv[0]'s file name; on
+/// Windows its name without `.exe`, in any case, as the file system ignores case).
 pub(crate) fn invoked_as_plugin(argv0: Option<&OsString>) -> bool {
-    argv0
+    let Some(name) = argv0
         .map(std::path::Path::new)
         .and_then(std::path::Path::file_name)
-        .is_some_and(|name| name == PLUGIN_NAME)
+    else {
+        return false;
+    };
+    #[cfg(windows)]
+    {
+        let name = name.to_string_lossy().to_ascii_lowercase();
+        name.strip_suffix(".exe").unwrap_or(&name) == PLUGIN_NAME
+    }
+    #[cfg(not(windows))]
+    {
+        name == PLUGIN_NAME
+    }
 }
 
 /// Runs a `session-manager-plugin` call; `args` are the arguments after the program name.
@@ -150,5 +168,15 @@ mod tests {
         assert!(!name("/usr/bin/ssm-tether"));
         assert!(!name("session-manager-plugin.old"));
         assert!(!invoked_as_plugin(None));
+    }
+
+    #[cfg(windows)]
+    #[test]
+    fn recognises_its_name_in_any_case_with_or_without_exe() {
+        let name = |s: &str| invoked_as_plugin(Some(&OsString::from(s)));
+        assert!(name(r"C:\Program Files\bin\Session-Manager-Plugin.EXE"));
+        assert!(name("session-manager-plugin.exe"));
+        assert!(!name("session-manager-plugin.exe.orig"));
+        assert!(!name("ssm-tether.exe"));
     }
 }

@@ -166,23 +166,15 @@ fn command_exit_code(code: i32) -> ExitCode {
     u8::try_from(code).map_or(ExitCode::from(EXIT_FAILURE), ExitCode::from)
 }
 
-/// Sends the terminal's size now and on every SIGWINCH.
+/// Sends the terminal's size now and on every change (Unix: on every SIGWINCH; Windows:
+/// [`terminal::follow_size`]).
 fn follow_terminal_size(tunnel: &Tunnel) -> anyhow::Result<()> {
     follow_size(tunnel.resizer())
 }
 
 fn follow_size(sizes: Resizer) -> anyhow::Result<()> {
-    let (cols, rows) = terminal::size();
-    sizes.resize(cols, rows);
-    let mut changes = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
-        .context("cannot watch the terminal's size")?;
-    tokio::spawn(async move {
-        while changes.recv().await.is_some() {
-            let (cols, rows) = terminal::size();
-            sizes.resize(cols, rows);
-        }
-    });
-    Ok(())
+    terminal::follow_size(move |(cols, rows)| sizes.resize(cols, rows))
+        .context("cannot watch the terminal's size")
 }
 
 /// The terminal's raw mode, entered now or later (when a session turns out to be a shell),
@@ -301,15 +293,16 @@ fn print_now(text: &str) {
     let _ = stdout.flush();
 }
 
-/// SIGINT, SIGTERM or SIGHUP (the terminal closed), registered before the session is
-/// touched so that none of them can end the process without terminating it.
+/// SIGINT, SIGTERM or SIGHUP (the terminal closed; Windows: Ctrl-C, Ctrl-Break, system
+/// shutdown or the console closed), registered before the session is touched so that none of
+/// them can end the process without terminating it.
 fn stop_signal() -> anyhow::Result<impl Future<Output = &'static str>> {
     let shutdown = crate::cli::shutdown_signal()?;
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let hangup = crate::cli::signal::hangup()?;
     Ok(async move {
         tokio::select! {
             signal = shutdown => signal,
-            _ = hangup.recv() => "SIGHUP",
+            signal = hangup => signal,
         }
     })
 }

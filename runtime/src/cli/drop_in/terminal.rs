@@ -2,6 +2,9 @@
 //! to the remote terminal at the start and on every change, and restored on every way out —
 //! normal end, error, signal, second signal and panic.
 //!
+//! A change of size is noticed by SIGWINCH on Unix; Windows has no such signal, so there the
+//! size is read every 500 ms (as the official plugin does) and only a change is sent.
+//!
 //! Raw, not the official client's cbreak: every key reaches the remote terminal as typed,
 //! Ctrl-C/Ctrl-Z/Ctrl-\ included (the remote terminal turns them into its signals), and the
 //! keys a local cbreak terminal swallows (Ctrl-S/Ctrl-Q flow control, Ctrl-O, Ctrl-V, and
@@ -76,4 +79,45 @@ pub(super) fn size() -> (u16, u16) {
         return (cols, rows);
     }
     SIZE_WITHOUT_TERMINAL
+}
+
+/// How often the size is read where no signal announces a change (Windows).
+#[cfg(windows)]
+const SIZE_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Calls `send` with the size now, then with every new size, on a task of its own. Must be
+/// called within a tokio runtime.
+///
+/// # Errors
+/// The size's changes cannot be watched (Unix: SIGWINCH cannot be handled).
+pub(super) fn follow_size(
+    mut send: impl FnMut((u16, u16)) + Send + 'static,
+) -> std::io::Result<()> {
+    let first = size();
+    send(first);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut changes = signal(SignalKind::window_change())?;
+        tokio::spawn(async move {
+            while changes.recv().await.is_some() {
+                send(size());
+            }
+        });
+    }
+    #[cfg(windows)]
+    tokio::spawn(async move {
+        let mut last = first;
+        let mut ticks = tokio::time::interval(SIZE_POLL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let now = size();
+            if now != last {
+                last = now;
+                send(now);
+            }
+        }
+    });
+    Ok(())
 }

@@ -17,3 +17,36 @@ wit_bindgen::generate!({
     export_macro_name: "__export_health_check",
     default_bindings_module: "ssm_tether_plugin_health",
 });
+
+/// The glue between these bindings and the `tunnel-tcp` helpers of `plugin_common::net`
+/// (which the SDK's `net` module re-exports): `plugin_common`'s `tunnel_tcp_glue!`, the same
+/// expansion the test fixtures use, plus what the SDK's `HostTunnel` and `connect_failure`
+/// call. It lives here rather than in the SDK because its trait impls (`Conn` for
+/// `Connection`, `From<TcpError>` for `NetError`) may only be written in the crate that
+/// defines `Connection` and `TcpError`. Not an API of its own.
+#[doc(hidden)]
+pub mod tunnel_tcp_glue {
+    use plugin_common::net::{NetError, Outcome, Tunnel};
+
+    use super::ssm_tether;
+    use super::ssm_tether::plugin::tunnel_tcp::{Connection, TcpError};
+    use super::ssm_tether::plugin::types::ProbeOutcome;
+
+    plugin_common::tunnel_tcp_glue!();
+
+    impl From<TcpError> for NetError {
+        fn from(err: TcpError) -> Self {
+            net_error(err)
+        }
+    }
+
+    /// WIT `tunnel-tcp.connect`, its error as a [`NetError`].
+    pub fn connect(timeout_ms: u32) -> Result<Connection, NetError> {
+        HostTunnel.connect(timeout_ms)
+    }
+
+    /// A `plugin_common` outcome as the generated `probe-outcome`.
+    pub fn to_probe_outcome(outcome: Outcome) -> ProbeOutcome {
+        probe_outcome(outcome)
+    }
+}

@@ -1,21 +1,17 @@
 //! `ssm-tether check` and `ssm-tether run` as a user runs them, against the emulator.
 
+mod child;
 #[path = "../runtime/tests/support/mod.rs"]
 mod support;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
+use child::{free_port, line_stream, signal};
 use ssm_emulator::events::Event;
 use support::{AwsFiles, echo_server, emulator};
 
 use ssm_tether_e2e::ssm_tether;
-
-/// A loopback port nobody listens on (now).
-fn free_port() -> u16 {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
-    probe.local_addr().expect("addr").port()
-}
 
 /// A policy with one tunnel `echo` from `127.0.0.1:port` to the emulator's agent, which dials
 /// `echo`; the AWS files are the `AwsFiles` next to the policy.
@@ -26,15 +22,6 @@ fn echo_tunnel(endpoint_url: &str, echo: u16, port: u16) -> String {
          [[tunnel]]\nname = \"echo\"\ntarget = \"i-0123456789abcdef0\"\n\
          remote_port = {echo}\nlocal = \"127.0.0.1:{port}\"\n"
     )
-}
-
-/// Sends `SIG<name>` to the child.
-fn signal(child: &std::process::Child, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(child.id().to_string())
-        .status();
-    assert!(status.is_ok_and(|s| s.success()), "SIG{name} sent");
 }
 
 #[test]
@@ -195,18 +182,7 @@ fn plugin_inspect_and_test_talk_to_authors() {
 
 /// Lines of a child's stderr, as they come.
 fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
-    use std::io::BufRead;
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
+    line_stream(child.stderr.take().expect("piped stderr"))
 }
 
 fn wait_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {

@@ -7,13 +7,12 @@ mod prometheus;
 #[path = "../runtime/tests/support/mod.rs"]
 mod support;
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use child::{Process, free_port};
+use child::{Process, free_port, line_stream, signal};
 use ssm_emulator::faults::{ResumeFailCode, SideSelection};
 use ssm_tether_e2e::ssm_tether;
 use support::{AwsFiles, echo_server, emulator};
@@ -33,15 +32,6 @@ fn policy(endpoint_url: &str, echo: u16, port: u16, extra: &str) -> String {
 
 fn metrics_table(port: u16) -> String {
     format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n")
-}
-
-/// Sends `SIG<name>` to the child.
-fn signal(child: &std::process::Child, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(child.id().to_string())
-        .status();
-    assert!(status.is_ok_and(|s| s.success()), "SIG{name} sent");
 }
 
 /// SIGTERM, then the exit code.
@@ -123,17 +113,7 @@ fn spawn_run(policy: &Path, control: &Path, envs: &[(&str, &str)], read_stderr: 
 
 /// The child's stderr lines, as they come.
 fn stderr_lines(process: &mut Process) -> mpsc::Receiver<String> {
-    let stderr = process.0.stderr.take().expect("piped stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
+    line_stream(process.0.stderr.take().expect("piped stderr"))
 }
 
 /// Waits (off the async runtime) for a stderr line containing every one of `needles`.

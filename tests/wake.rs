@@ -1,35 +1,24 @@
 //! A laptop closing its lid, played by SIGSTOP: `run` notices on waking that it did not run
 //! for a while and resumes at once, long before the pong deadline would have told it.
 
+mod child;
 #[path = "../runtime/tests/support/mod.rs"]
 mod support;
 
-use std::io::BufRead;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
+use child::{free_port, line_stream, signal};
 use support::{AwsFiles, echo_server, emulator};
 
 use ssm_tether_e2e::ssm_tether;
-
-/// Sends `SIG<name>` to the child.
-fn signal(child: &std::process::Child, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(child.id().to_string())
-        .status();
-    assert!(status.is_ok_and(|s| s.success()), "SIG{name} sent");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_stopped_past_its_pong_timeout_resumes_on_waking_and_loses_nothing() {
     let emulator = emulator(|_| {}).await;
     let echo = echo_server().await;
     let files = AwsFiles::new("AKIDWAKE");
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("probe");
-        probe.local_addr().expect("addr").port()
-    };
+    let port = free_port();
     let policy = files.dir.path().join("tunnels.toml");
     // A pong timeout shorter than the stop, as the issue has it; the stop is longer than the
     // sleep threshold, so the watcher sees it whichever of the two fires first.
@@ -53,16 +42,7 @@ async fn a_process_stopped_past_its_pong_timeout_resumes_on_waking_and_loses_not
         .stderr(Stdio::piped())
         .spawn()
         .expect("runs");
-    let stderr = child.stderr.take().expect("piped");
-    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { return };
-            if lines_tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let lines = line_stream(child.stderr.take().expect("piped"));
     let local = format!("127.0.0.1:{port}").parse().expect("addr");
     let mut up = false;
     for _ in 0..100 {

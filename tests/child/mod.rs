@@ -90,3 +90,26 @@ pub fn collect_lines(reader: impl Read + Send + 'static) -> std::thread::JoinHan
             .collect()
     })
 }
+
+/// Sends `SIG<name>` to a child (by `kill`, so that any signal name works).
+pub fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status();
+    assert!(status.is_ok_and(|s| s.success()), "SIG{name} sent");
+}
+
+/// A child's output lines as they come, read on a thread.
+pub fn line_stream(reader: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}

@@ -15,19 +15,32 @@ use ssm_tether_e2e::ssm_tether;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_process_stopped_past_its_pong_timeout_resumes_on_waking_and_loses_nothing() {
+    // A pong timeout shorter than the stop, as the issue has it; the stop is longer than the
+    // sleep threshold, so the watcher sees it whichever of the two fires first.
+    nap("5s", &["did not run for"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wake_itself_resumes_the_session_long_before_its_pong_deadline() {
+    // Here only the watcher can end the session within the wait: its pong deadline is a
+    // minute away, so the disconnect must carry the wake as its cause.
+    nap("60s", &["disconnected", "cause=wakeup"]).await;
+}
+
+/// Streams through `run` (with `pong_timeout`) while it is stopped for 7 s, waits for a log
+/// line containing every one of `needles`, and checks every byte and a clean exit.
+async fn nap(pong_timeout: &str, needles: &'static [&'static str]) {
     let emulator = emulator(|_| {}).await;
     let echo = echo_server().await;
     let files = AwsFiles::new("AKIDWAKE");
     let port = free_port();
     let policy = files.dir.path().join("tunnels.toml");
-    // A pong timeout shorter than the stop, as the issue has it; the stop is longer than the
-    // sleep threshold, so the watcher sees it whichever of the two fires first.
     std::fs::write(
         &policy,
         format!(
             "[defaults]\nregion = \"us-east-1\"\nprofile = \"test\"\nendpoint_url = \"{}\"\n\
              aws_config_file = \"config\"\naws_credentials_file = \"credentials\"\n\
-             ping_interval = \"1s\"\npong_timeout = \"5s\"\n\n\
+             ping_interval = \"1s\"\npong_timeout = \"{pong_timeout}\"\n\n\
              [[tunnel]]\nname = \"echo\"\ntarget = \"i-0123456789abcdef0\"\n\
              remote_port = {echo}\nlocal = \"127.0.0.1:{port}\"\n",
             emulator.endpoint_url()
@@ -67,7 +80,7 @@ async fn a_process_stopped_past_its_pong_timeout_resumes_on_waking_and_loses_not
         while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
             match lines.recv_timeout(left) {
                 Ok(line) => {
-                    let woke = line.contains("did not run for");
+                    let woke = needles.iter().all(|n| line.contains(n));
                     seen.push(line);
                     if woke {
                         return (true, seen);
@@ -82,7 +95,7 @@ async fn a_process_stopped_past_its_pong_timeout_resumes_on_waking_and_loses_not
     .expect("join");
     assert!(
         seen.0,
-        "no sign of the wake in the log:\n{}",
+        "no log line with {needles:?}:\n{}",
         seen.1.join("\n")
     );
 
